@@ -1,0 +1,34 @@
+# Both entry points create or refresh .venv themselves; the stamp makes a no-change run instant.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv run test lint serve bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	$(VENV)/bin/audio-wgan run
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+serve: venv
+	bash scripts/serve.sh
+
+bench: venv
+	$(VENV)/bin/python -m bench.run_all
+
+clean:
+	rm -rf work mlruns mlflow.db mlartifacts checkpoints samples .pytest_cache

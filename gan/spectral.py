@@ -1,0 +1,198 @@
+"""Spectral transforms shared by precompute, training and rendering.
+
+The mel configuration travels with the store and the registered model, so that the
+inversion at render/serve time always uses the parameters the features were made with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torchaudio
+
+DB_FLOOR = 1e-10  # power floor before log: -100 dB
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    """Log-mel feature parameters. Defaults are the seed's 128x256 at 22.05 kHz."""
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 128
+    frames: int = 256
+    f_min: float = 0.0
+    f_max: float | None = None
+    # how clips longer than one example are cut: "split" (several examples) or "crop" (first)
+    long_clip_policy: str = "split"
+    # hop between split examples, in frames (defaults to one whole example: no overlap)
+    split_hop_frames: int | None = None
+    # clips shorter than one example are zero-padded at the end (recorded in the store)
+    pad_policy: str = "zero-end"
+
+    def __post_init__(self) -> None:
+        if self.long_clip_policy not in ("split", "crop"):
+            raise ValueError(f"long_clip_policy must be 'split' or 'crop', not {self.long_clip_policy!r}")
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "frames"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def segment_samples(self) -> int:
+        """Samples that give exactly `frames` frames with a centred STFT."""
+        return (self.frames - 1) * self.hop_length
+
+    @property
+    def hop_samples(self) -> int:
+        return (self.split_hop_frames or self.frames) * self.hop_length
+
+    @property
+    def seconds(self) -> float:
+        return self.segment_samples / self.sample_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class LogMel(torch.nn.Module):
+    """waveform (B, T) at cfg.sample_rate -> log-mel in dB (B, n_mels, frames)."""
+
+    def __init__(self, cfg: MelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            n_mels=cfg.n_mels,
+            f_min=cfg.f_min,
+            f_max=cfg.f_max,
+            power=2.0,
+            center=True,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        power = self.mel(wave.float())
+        return 10.0 * torch.log10(power.clamp_min(DB_FLOOR))
+
+
+def mel_filterbank(cfg: MelConfig) -> torch.Tensor:
+    """(n_freqs, n_mels) filterbank identical to the one LogMel uses."""
+    return torchaudio.functional.melscale_fbanks(
+        n_freqs=cfg.n_fft // 2 + 1,
+        f_min=cfg.f_min,
+        f_max=cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2.0,
+        n_mels=cfg.n_mels,
+        sample_rate=cfg.sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+
+
+class MelInverter(torch.nn.Module):
+    """log-mel dB (B, n_mels, F) -> waveform (B, T), batched.
+
+    mel -> linear uses the filterbank's pseudo-inverse (SVD based, so empty or
+    duplicate mel bands at 128 mels / n_fft 1024 cannot raise a rank error, unlike
+    torchaudio's lstsq InverseMelScale), clamped non-negative and refined with a few
+    projected multiplicative NNLS steps. Phase comes from fast Griffin-Lim
+    (momentum 0.99) started from zero phase, so a given mel always gives the same audio.
+    """
+
+    def __init__(self, cfg: MelConfig, n_iter: int = 32, momentum: float = 0.99,
+                 nnls_steps: int = 10) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_iter = n_iter
+        self.momentum = momentum
+        self.nnls_steps = nnls_steps
+        fb = mel_filterbank(cfg)  # (n_freqs, n_mels)
+        self.register_buffer("fb", fb)
+        self.register_buffer("fb_pinv", torch.linalg.pinv(fb))  # (n_mels, n_freqs)
+        self.register_buffer("window", torch.hann_window(cfg.n_fft))
+
+    def mel_to_linear(self, mel_power: torch.Tensor) -> torch.Tensor:
+        """(B, n_mels, F) mel power -> (B, n_freqs, F) non-negative linear power."""
+        fb_t = self.fb.T  # (n_mels, n_freqs)
+        spec = (self.fb_pinv.T @ mel_power).clamp_min(0.0)
+        # multiplicative updates for min ||fb^T S - M|| with S >= 0 (Lee & Seung)
+        num = self.fb @ mel_power
+        for _ in range(self.nnls_steps):
+            den = self.fb @ (fb_t @ spec) + 1e-12
+            spec = spec * (num / den)
+        return spec
+
+    @torch.no_grad()
+    def forward(self, logmel_db: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        cfg = self.cfg
+        mel_power = torch.pow(10.0, logmel_db.float() / 10.0)
+        if mel_power.dim() == 2:
+            mel_power = mel_power.unsqueeze(0)
+        mag = self.mel_to_linear(mel_power).sqrt()
+        n_frames = mag.shape[-1]
+        length = length or (n_frames - 1) * cfg.hop_length
+        wave = torchaudio.functional.griffinlim(
+            mag,
+            window=self.window,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.n_fft,
+            power=1.0,
+            n_iter=self.n_iter,
+            momentum=self.momentum,
+            length=length,
+            rand_init=False,
+        )
+        return wave
+
+
+def peak_normalise(wave: torch.Tensor, peak: float = 0.95) -> torch.Tensor:
+    """Scale each clip so its peak is `peak` (never clips; silence stays silence)."""
+    m = wave.abs().amax(dim=-1, keepdim=True)
+    return torch.where(m > 0, wave * (peak / m.clamp_min(1e-12)), wave)
+
+
+def frames_to_seconds(frames: int, cfg: MelConfig) -> float:
+    return frames * cfg.hop_length / cfg.sample_rate
+
+
+def mel_band_edges_hz(cfg: MelConfig) -> list[float]:
+    """Centre frequency of each mel band in Hz (slaney scale), for plot axes."""
+    f_max = cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2.0
+    fb = mel_filterbank(cfg)
+    freqs = torch.linspace(0, cfg.sample_rate / 2.0, fb.shape[0])
+    centres = (fb * freqs[:, None]).sum(0) / fb.sum(0).clamp_min(1e-12)
+    out = centres.tolist()
+    return [min(max(c, cfg.f_min), f_max) if math.isfinite(c) else 0.0 for c in out]
+
+
+class Normaliser:
+    """Per-mel-bin standardisation with the store's statistics, clipped to the generator range.
+
+    Kept here (not in storage) so the registered model can undo it without the store.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, clip: float = 4.0) -> None:
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-3).reshape(-1, 1)
+        self.clip = clip
+
+    def normalise(self, db: torch.Tensor) -> torch.Tensor:
+        m, s = self.mean.to(db.device), self.std.to(db.device)
+        return ((db.float() - m) / s).clamp(-self.clip, self.clip)
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        m, s = self.mean.to(x.device), self.std.to(x.device)
+        return x.float() * s + m

@@ -1,0 +1,73 @@
+"""Shared fixtures: paths to ../shared data, small generated audio, isolated MLflow/Prefect."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (ESC-10 and FSDD), read in place, never copied."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{SHARED_DATA} missing in CI")
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def write_tone(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: write a sine tone file and return its path."""
+
+    def _write(rel: str, seconds: float = 1.0, sr: int = 16000, freq: float = 440.0,
+               channels: int = 1, fmt: str | None = None, root: Path | None = None) -> Path:
+        path = (root or tmp_path) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = max(1, int(seconds * sr))
+        t = np.arange(n) / sr
+        x = 0.5 * np.sin(2 * np.pi * freq * t).astype(np.float32)
+        if channels > 1:
+            x = np.stack([x * (0.5 + 0.5 * c / channels) for c in range(channels)], axis=1)
+        sf.write(path, x, sr, format=fmt)
+        return path
+
+    return _write
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect server for the whole test session (real server on loopback)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite-backed MLflow tracking + registry in a temp dir."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    art = tmp_path / "mlartifacts"
+    art.mkdir()
+    monkeypatch.setenv("AUDIO_WGAN_ARTIFACT_ROOT", str(art))
+    return uri

@@ -37,7 +37,8 @@ class MelConfig:
 
     def __post_init__(self) -> None:
         if self.long_clip_policy not in ("split", "crop"):
-            raise ValueError(f"long_clip_policy must be 'split' or 'crop', not {self.long_clip_policy!r}")
+            raise ValueError(
+                f"long_clip_policy must be 'split' or 'crop', not {self.long_clip_policy!r}")
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "frames"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive")

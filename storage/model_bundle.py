@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from gan.models import Generator, get_preset
-from gan.spectral import MelConfig, Normaliser
+from gan.sampling import class_index, make_noise, mels_to_audio, sample_db
+from gan.spectral import MelConfig, MelInverter, Normaliser
 
 WEIGHTS_FILE = "generator.pt"
 META_FILE = "model.json"
@@ -78,3 +79,23 @@ def load_bundle_dir(path: str | Path, device: str | torch.device = "cpu") -> Gen
     normaliser = Normaliser(torch.tensor(doc["norm_mean"]), torch.tensor(doc["norm_std"]))
     return GeneratorBundle(gen, list(doc["class_names"]), mel, normaliser, doc["preset"],
                            doc.get("meta", {}))
+
+
+MAX_CLIPS_PER_REQUEST = 512  # keeps one request's spectrograms and audio well inside memory
+
+
+def synthesise(bundle: GeneratorBundle, class_name: str, count: int = 1, seed: int = 0,
+               inverter: MelInverter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` clips of one class -> (waves (count, T) peak-normalised, dB mels).
+
+    The one code path behind `generate`, the served pyfunc model and anything else that
+    turns (class, seed) into audio, so the same seed gives the same clip everywhere.
+    """
+    if not 1 <= int(count) <= MAX_CLIPS_PER_REQUEST:
+        raise ValueError(f"count must be between 1 and {MAX_CLIPS_PER_REQUEST}, not {count}")
+    label = class_index(bundle.class_names, class_name)
+    noise = make_noise(int(count), bundle.noise_dim, int(seed))
+    labels = torch.full((int(count),), label, dtype=torch.long)
+    db = sample_db(bundle.generator, bundle.normaliser, labels, noise)
+    waves = mels_to_audio(db, inverter or MelInverter(bundle.mel))
+    return waves, db

@@ -1,0 +1,123 @@
+"""`audio-wgan precompute DATA_DIR --store STORE`: run the precompute flow."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "precompute",
+        help="compute log-mels of DATA_DIR/<class>/* clips into a Zarr store (incremental)",
+        description="Scan DATA_DIR/<class>/** for audio (wav, flac, ogg, mp3, ...), decode, "
+        "downmix, resample, compute log-mels and append them to the Zarr store STORE. "
+        "Re-running only processes new or changed files. Bad files are rejected with a "
+        "reason (see store-info), never fatal. Mel options apply to a new store; an existing "
+        "store keeps its configuration and refuses a different one.",
+    )
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--store", required=True, metavar="STORE", help="Zarr store directory")
+    mel = p.add_argument_group("mel configuration (new stores; defaults: the seed's 128x256 "
+                               "log-mels at 22.05 kHz)")
+    mel.add_argument("--sample-rate", type=int, metavar="HZ")
+    mel.add_argument("--n-fft", type=int, metavar="N")
+    mel.add_argument("--hop-length", type=int, metavar="N")
+    mel.add_argument("--n-mels", type=int, metavar="N")
+    mel.add_argument("--frames", type=int, metavar="N", help="frames per example")
+    mel.add_argument("--f-min", type=float, metavar="HZ")
+    mel.add_argument("--f-max", type=float, metavar="HZ")
+    mel.add_argument("--long-clip", choices=("split", "crop"), dest="long_clip_policy",
+                     help="clips longer than one example: split into several or crop")
+    mel.add_argument("--split-hop-frames", type=int, metavar="N",
+                     help="hop between split examples (default: one example, no overlap)")
+    p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: cores)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="files per write batch; bounds memory (default 64)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+MEL_ARGS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "f_min", "f_max",
+            "long_clip_policy", "split_hop_frames")
+
+
+def run(args: argparse.Namespace) -> int:
+    # a temporary Prefect server started for this run has nowhere to send telemetry
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from audio_wgan.cli import UserError
+    from flows.precompute import precompute
+    from storage.mel_store import StoreError, safe_text, to_json
+    from tasks.precompute import PrecomputeError, progress_listener
+
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    mel = {k: getattr(args, k) for k in MEL_ARGS if getattr(args, k) is not None}
+    tty = sys.stderr.isatty()
+
+    def show(p: dict[str, Any]) -> None:
+        line = (f"precompute: {p['done']}/{p['total']} files, {p['rows']} rows, "
+                f"{p['clips_per_s']:.1f} clips/s")
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr,
+              flush=True)
+
+    try:
+        with progress_listener(show), quiet_prefect_console():
+            summary = precompute(args.data_dir, args.store, mel or None,
+                                 batch_size=args.batch_size, workers=args.workers)
+    except (StoreError, PrecomputeError) as exc:
+        if tty:
+            print(file=sys.stderr)
+        raise UserError(safe_text(str(exc))) from None
+    if tty:
+        print(file=sys.stderr)
+    if args.json:
+        print(to_json(summary))
+    else:
+        print(safe_text(format_summary(summary)))
+    return 0
+
+
+@contextlib.contextmanager
+def quiet_prefect_console() -> Iterator[None]:
+    """Our progress line and one-line errors replace Prefect's console log (the Prefect
+    API still receives every log); unexpected errors still raise with a traceback."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    old = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for h, level in zip(handlers, old, strict=True):
+            h.setLevel(level)
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"precompute: {s['rows']} rows from {s['files']} files in {s['store']} "
+        f"({s['added_files']} added, {s['replaced_files']} replaced, {s['removed_files']} "
+        f"removed, {s['unchanged_files']} unchanged, {len(s['rejected'])} rejected) "
+        f"in {s['seconds']:.1f} s, {s['clips_per_s']:.1f} clips/s",
+        "classes: " + ", ".join(f"{c} {n}" for c, n in s["classes"].items()),
+    ]
+    if s["rejected"]:
+        lines.append(f"rejected {len(s['rejected'])} files:")
+        lines += [f"  {r['path']}: {r['reason']}" for r in s["rejected"]]
+    if s["ignored"]:
+        lines.append(f"ignored {len(s['ignored'])} files:")
+        lines += [f"  {r['path']}: {r['reason']}" for r in s["ignored"]]
+    if s["empty_classes"]:
+        lines.append("class folders without usable clips: " + ", ".join(s["empty_classes"]))
+    lines.append(f"store {'changed' if s['changed'] else 'unchanged'}, "
+                 f"fingerprint {s['fingerprint']}")
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""Prefect flow `precompute`: a folder of labelled clips -> the Zarr log-mel store.
+
+Wiring only; the work is in `tasks.precompute`. Incremental and idempotent: unchanged
+files are skipped, new ones appended, changed ones replaced, deleted ones dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+
+from tasks.precompute import (
+    compute_and_append,
+    finalize_store,
+    open_store,
+    plan_work,
+    publish_summary,
+    raise_if_unusable,
+    scan_sources,
+)
+
+
+@flow(name="precompute")
+def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
+               batch_size: int = 64, workers: int | None = None) -> dict[str, Any]:
+    """Scan DATA_DIR/<class>/**, compute log-mels of new/changed clips, update STORE.
+
+    `mel` overrides MelConfig fields (a new store starts from the defaults; an existing
+    store keeps its own and refuses changes). Returns the run summary.
+    """
+    started = time.time()
+    scan = scan_sources(str(data_dir))
+    writer = open_store(str(store), mel)
+    try:
+        plan = plan_work(scan, writer)
+        result = compute_and_append(writer, plan, batch_size=batch_size, workers=workers)
+        summary = finalize_store(writer, plan, result, str(data_dir), started)
+    finally:
+        writer.close()
+    publish_summary(summary)
+    raise_if_unusable(summary)
+    return summary

@@ -1,0 +1,355 @@
+"""Read side of the Zarr v3 log-mel store that precompute writes and training reads.
+
+Layout of `<store>/` (a Zarr v3 group):
+
+- `mels`    float16 (rows, n_mels, frames), chunked along rows in >= 1 MiB blocks,
+            Blosc/Zstd with bit-shuffle (float16 log-mels compress about 2x);
+- `labels`  int32 (rows,) class index; `source` int32 (rows,) manifest file id;
+  `offset`  int64 (rows,) segment start in samples at the store's sample rate;
+- `manifest.json` the committed manifest (see `storage.store_manifest`): which physical
+  rows are live, the mel config, class names, files with hashes, rejected files and the
+  normalisation statistics. The group attributes mirror it for other Zarr tools.
+
+Rows are append-only: a replaced or deleted source file's rows become dead (no longer owned
+by the manifest) but are never rewritten, so a reader is safe while a writer appends.
+Live rows are served in canonical order (source path, then offset), which does not depend
+on the order or the interruptions in which the store was built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from gan.spectral import MelConfig
+from storage.store_errors import StoreError
+from storage.store_manifest import MANIFEST_FILE, FileEntry, Manifest, read_manifest
+
+__all__ = ["MelStore", "StoreError", "rows_per_chunk"]
+
+MELS, LABELS, SOURCE, OFFSET = "mels", "labels", "source", "offset"
+CHUNK_BYTES = 1 << 20  # mel chunks of at least 1 MiB (uncompressed): few, large files
+INDEX_CHUNK_ROWS = 1 << 16
+STATS_BLOCK_ROWS = 64  # rows per float64 block when computing statistics (~16 MB at 128x256)
+
+
+def rows_per_chunk(cfg: MelConfig) -> int:
+    """Rows per mel chunk so that one chunk holds at least CHUNK_BYTES of float16."""
+    return max(1, math.ceil(CHUNK_BYTES / (cfg.n_mels * cfg.frames * 2)))
+
+
+class MelStore:
+    """Read-only view of the committed rows of a mel store.
+
+    Open with `MelStore.open(path)`; the view is a snapshot of the manifest at open time.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, group: zarr.Group) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.classes: list[str] = list(manifest.classes)
+        self.mel_config: MelConfig = manifest.mel_config
+        self.fingerprint: str = manifest.fingerprint()
+        self._mels = group[MELS]
+        self._offsets_arr = group[OFFSET]
+        self._chunk_rows = int(self._mels.chunks[0])
+        entries = manifest.live_entries()
+        self._entries = entries
+        counts = np.array([e.n_rows for e in entries], dtype=np.int64)
+        self._entry_of_row = np.repeat(np.arange(len(entries), dtype=np.int64), counts)
+        starts = np.array([e.start for e in entries], dtype=np.int64)
+        first = np.cumsum(counts) - counts
+        # physical row of each live row
+        self._phys = (np.repeat(starts - first, counts)
+                      + np.arange(int(counts.sum()), dtype=np.int64))
+        self._labels = np.repeat(np.array([e.label for e in entries], dtype=np.int64), counts)
+        self._stats: tuple[np.ndarray, np.ndarray] | None = None
+        if manifest.rows > self._mels.shape[0]:
+            raise StoreError(f"store {path} is damaged: the manifest owns {manifest.rows} rows "
+                             f"but the mels array has {self._mels.shape[0]}")
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | Path) -> MelStore:
+        """Open the committed state of the store at `path` (StoreError if there is none)."""
+        p = Path(path)
+        if not p.is_dir():
+            raise StoreError(f"no mel store at {p}; run `audio-wgan precompute DATA_DIR "
+                             f"--store {p}` first")
+        try:
+            manifest = read_manifest(p)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{p}/{MANIFEST_FILE} is unreadable: {_one_line(exc)}") from None
+        if manifest is None:
+            raise StoreError(f"{p} is not a mel store (no committed {MANIFEST_FILE}); "
+                             f"run `audio-wgan precompute DATA_DIR --store {p}`")
+        try:
+            group = zarr.open_group(p, mode="r", use_consolidated=False)
+            return cls(p, manifest, group)
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"store {p} is damaged: {_one_line(exc)}") from None
+
+    @classmethod
+    def create_or_open_for_write(cls, path: str | Path, mel: dict[str, Any] | None = None):
+        """The writer side (holds the store's lock); see `storage.store_writer`."""
+        from storage.store_writer import MelStoreWriter
+
+        return MelStoreWriter.create_or_open(path, mel)
+
+    # ---------------------------------------------------------------- metadata
+    def __len__(self) -> int:
+        return len(self._phys)
+
+    def __repr__(self) -> str:
+        return (f"MelStore({str(self.path)!r}, rows={len(self)}, classes={self.classes}, "
+                f"fingerprint={self.fingerprint[:12]})")
+
+    @property
+    def row_shape(self) -> tuple[int, int]:
+        return (self.mel_config.n_mels, self.mel_config.frames)
+
+    def labels(self) -> np.ndarray:
+        """int64 (N,) class index of each live row."""
+        return self._labels.copy()
+
+    def row_sources(self) -> list[str]:
+        """Source file (relative to DATA_DIR) of each live row, e.g. for splits by file."""
+        paths = [e.path for e in self._entries]
+        return [paths[i] for i in self._entry_of_row]
+
+    def offsets(self) -> np.ndarray:
+        """int64 (N,) start of each live row's segment, in samples at the store's rate."""
+        out = np.zeros(len(self), dtype=np.int64)
+        if len(self):
+            order = np.argsort(self._phys)
+            out[order] = np.asarray(self._offsets_arr.oindex[self._phys[order]], dtype=np.int64)
+        return out
+
+    def files(self) -> list[FileEntry]:
+        """Kept source files in path order."""
+        return list(self._entries)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self._labels.tolist())
+        return {name: int(counts.get(i, 0)) for i, name in enumerate(self.classes)}
+
+    def nbytes_live(self) -> int:
+        """Bytes of the live rows as float16 (what `load` needs)."""
+        return len(self) * self.mel_config.n_mels * self.mel_config.frames * 2
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for dirpath, _, names in os.walk(self.path):
+            for n in names:
+                try:
+                    total += os.stat(os.path.join(dirpath, n)).st_size
+                except OSError:
+                    pass
+        return total
+
+    # ---------------------------------------------------------------- statistics
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-mel-bin mean and std (float32, (n_mels,)) over all live rows and frames.
+
+        Served from the manifest when they were computed for this fingerprint; otherwise
+        (an interrupted run) computed now from the stored float16 values.
+        """
+        if self._stats is None:
+            s = self.manifest.stats
+            if s and s.get("fingerprint") == self.fingerprint:
+                self._stats = (np.asarray(s["mean"], dtype=np.float32),
+                               np.asarray(s["std"], dtype=np.float32))
+            else:
+                mean, std, _ = self.compute_stats()
+                self._stats = (mean.astype(np.float32), std.astype(np.float32))
+        return self._stats[0].copy(), self._stats[1].copy()
+
+    def compute_stats(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(mean, std, count) per mel bin in float64, merging blocks (Chan et al.) for accuracy."""
+        n_mels = self.mel_config.n_mels
+        mean = np.zeros(n_mels, dtype=np.float64)
+        m2 = np.zeros(n_mels, dtype=np.float64)
+        count = 0
+        for _, rows in self._iter_physical(np.sort(self._phys), STATS_BLOCK_ROWS):
+            x = rows.astype(np.float64)
+            nb = x.shape[0] * x.shape[2]
+            mb = x.mean(axis=(0, 2))
+            m2b = ((x - mb[None, :, None]) ** 2).sum(axis=(0, 2))
+            delta = mb - mean
+            tot = count + nb
+            mean = mean + delta * (nb / tot)
+            m2 = m2 + m2b + delta ** 2 * (count * nb / tot)
+            count = tot
+        std = np.sqrt(m2 / count) if count else np.ones(n_mels)
+        return mean, std, count
+
+    # ---------------------------------------------------------------- reading
+    def load(self, max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All live rows: (mels float16 (N, n_mels, frames) in dB, labels int64 (N,)).
+
+        Raises StoreError when they need more than `max_bytes` (stream with iter_batches).
+        """
+        need = self.nbytes_live()
+        if max_bytes is not None and need > max_bytes:
+            raise StoreError(f"store {self.path} needs {need / 1e6:.1f} MB in memory, over the "
+                             f"{max_bytes / 1e6:.1f} MB budget; stream it with iter_batches")
+        out = np.empty((len(self), *self.row_shape), dtype=np.float16)
+        order = np.argsort(self._phys, kind="stable")
+        pos = 0
+        for n, rows in self._iter_physical(self._phys[order], 8 * self._chunk_rows):
+            out[order[pos:pos + n]] = rows
+            pos += n
+        return out, self.labels()
+
+    def read_rows(self, idx: np.ndarray | list[int]) -> np.ndarray:
+        """float16 rows (len(idx), n_mels, frames) by live-row index (any order, repeats ok)."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"row index out of range for a store of {len(self)} rows")
+        if idx.size == 0:
+            return np.empty((0, *self.row_shape), dtype=np.float16)
+        uniq, inverse = np.unique(self._phys[idx], return_inverse=True)
+        rows = np.asarray(self._mels.oindex[uniq], dtype=np.float16)
+        return rows[inverse.reshape(-1)]
+
+    def iter_batches(self, batch_size: int, seed: int, epoch: int = 0,
+                     chunk_rows: int | None = None, drop_last: bool = True,
+                     window_rows: int | None = None
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Shuffled minibatches (mels float16 dB (B, n_mels, frames), labels int64 (B,)).
+
+        Streams: the order of physical blocks of `chunk_rows` rows (default: the store's
+        chunk) is shuffled, then rows are shuffled within a window of consecutive blocks of
+        about `window_rows` rows (default max(4 * batch_size, 256)). Every live row appears
+        once per epoch (bar a short last batch when `drop_last`). Memory is bounded by the
+        window, not the store; the order depends only on (seed, epoch) and the store.
+        """
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        block = int(chunk_rows or self._chunk_rows)
+        if block <= 0:
+            raise ValueError("chunk_rows must be positive")
+        window_rows = int(window_rows or max(4 * batch_size, 256))
+        order = np.argsort(self._phys, kind="stable")
+        phys, labels = self._phys[order], self._labels[order]
+        block_id = phys // block
+        cuts = np.flatnonzero(np.diff(block_id)) + 1
+        bounds = list(zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(phys)].tolist(), strict=True))
+        if len(phys) == 0:
+            bounds = []
+        rng = np.random.default_rng([int(seed), int(epoch)])
+        bounds = [bounds[i] for i in rng.permutation(len(bounds))]
+        carry_x = np.empty((0, *self.row_shape), dtype=np.float16)
+        carry_y = np.empty(0, dtype=np.int64)
+        i = 0
+        while i < len(bounds):
+            sel, total = [], 0
+            while i < len(bounds) and (total < window_rows or not sel):
+                lo, hi = bounds[i]
+                sel.append(np.arange(lo, hi))
+                total += hi - lo
+                i += 1
+            pick = np.sort(np.concatenate(sel))  # positions in the sorted arrays
+            rows = np.asarray(self._mels.oindex[phys[pick]], dtype=np.float16)
+            x = np.concatenate([carry_x, rows]) if len(carry_x) else rows
+            y = np.concatenate([carry_y, labels[pick]])
+            perm = rng.permutation(len(x))
+            x, y = x[perm], y[perm]
+            n_full = len(x) // batch_size * batch_size
+            for s in range(0, n_full, batch_size):
+                yield x[s:s + batch_size], y[s:s + batch_size]
+            carry_x, carry_y = x[n_full:], y[n_full:]
+        if len(carry_x) and not drop_last:
+            yield carry_x, carry_y
+
+    def _iter_physical(self, phys_sorted: np.ndarray, block_rows: int
+                       ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (n, rows) for consecutive groups of the sorted physical rows, read in
+        contiguous chunk-aligned slices of about `block_rows` rows."""
+        if len(phys_sorted) == 0:
+            return
+        chunk = self._chunk_rows
+        block = max(chunk, block_rows // chunk * chunk)
+        block_id = phys_sorted // block
+        cuts = np.flatnonzero(np.diff(block_id)) + 1
+        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(phys_sorted)].tolist(),
+                          strict=True):
+            first, last = int(phys_sorted[lo]), int(phys_sorted[hi - 1])
+            data = np.asarray(self._mels[first:last + 1], dtype=np.float16)
+            yield hi - lo, data[phys_sorted[lo:hi] - first]
+
+    # ---------------------------------------------------------------- summary
+    def info(self) -> dict[str, Any]:
+        """What `audio-wgan store-info --json` prints."""
+        m = self.manifest
+        mean, std = self.stats() if len(self) else (np.zeros(0), np.zeros(0))
+        return {
+            "path": str(self.path),
+            "rows": len(self),
+            "classes": self.class_counts(),
+            "files": len(self._entries),
+            "rejected": list(m.rejected),
+            "ignored": list(m.ignored),
+            "empty_classes": list(m.empty_classes),
+            "mel": self.mel_config.to_dict(),
+            "bytes": self.disk_bytes(),
+            "nbytes_live": self.nbytes_live(),
+            "stored_rows": m.rows,
+            "dead_rows": m.rows - len(self),
+            "chunk_rows": self._chunk_rows,
+            "fingerprint": self.fingerprint,
+            "stats": {"mean_db": float(mean.mean()) if len(mean) else None,
+                      "std_db": float(std.mean()) if len(std) else None},
+            "format_version": m.format_version,
+        }
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def describe(info: dict[str, Any]) -> str:
+    """Human-readable store-info text."""
+    mel = info["mel"]
+    lines = [
+        f"store        {info['path']}",
+        f"rows         {info['rows']} live ({info['dead_rows']} dead) from {info['files']} files",
+        f"size         {info['bytes'] / 1e6:.1f} MB on disk, "
+        f"{info['nbytes_live'] / 1e6:.1f} MB as float16",
+        f"mel          {mel['n_mels']} mels x {mel['frames']} frames @ {mel['sample_rate']} Hz "
+        f"(n_fft {mel['n_fft']}, hop {mel['hop_length']}, long clips: "
+        f"{mel['long_clip_policy']}, short clips: {mel['pad_policy']})",
+        f"fingerprint  {info['fingerprint']}",
+        f"classes      {len(info['classes'])}",
+    ]
+    lines += [f"  {i:3d} {name:<24} {n:7d} rows"
+              for i, (name, n) in enumerate(info["classes"].items())]
+    if info["empty_classes"]:
+        lines.append(f"empty class folders (no class created): {', '.join(info['empty_classes'])}")
+    if info["rejected"]:
+        lines.append(f"rejected     {len(info['rejected'])} files")
+        lines += [f"  {r['path']}: {r['reason']}" for r in info["rejected"]]
+    if info["ignored"]:
+        lines.append(f"ignored      {len(info['ignored'])} files")
+        lines += [f"  {r['path']}: {r['reason']}" for r in info["ignored"]]
+    return "\n".join(safe_text(line) for line in lines)
+
+
+def safe_text(s: str) -> str:
+    """Printable form of names that may carry undecodable bytes (surrogate escapes)."""
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def to_json(info: dict[str, Any]) -> str:
+    return safe_text(json.dumps(info, indent=2, ensure_ascii=False, default=str))

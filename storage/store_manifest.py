@@ -1,0 +1,166 @@
+"""The mel store's manifest: the one source of truth for which rows are live.
+
+The Zarr arrays only ever grow by appending; a row becomes visible when the manifest that
+owns it is committed (atomically: temp file, fsync, `os.replace`, fsync of the directory).
+Everything a reader needs besides the row data lives here: the mel configuration, class
+names, source files with content hashes and the physical row range each one owns,
+rejected/ignored files, and normalisation statistics tagged with the fingerprint they
+were computed for (so stale statistics are never served after an interrupted run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gan.spectral import MelConfig
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = "audio-wgan-mel-store"
+FORMAT_VERSION = 1
+# bump when the decode/segment/mel code changes what a file turns into (part of the fingerprint)
+FEATURE_VERSION = 1
+
+
+@dataclass
+class FileEntry:
+    """One kept source file and the physical rows [start, stop) it owns."""
+
+    id: int
+    path: str  # relative to DATA_DIR, posix separators
+    hash: str
+    size: int
+    mtime_ns: int
+    label: int
+    start: int
+    stop: int
+    sample_rate: int = 0  # of the source file
+    channels: int = 0
+    samples: int = 0  # decoded length at the store's sample rate
+
+    @property
+    def n_rows(self) -> int:
+        return self.stop - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileEntry:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class Manifest:
+    mel: dict[str, Any]
+    classes: list[str] = field(default_factory=list)
+    rows: int = 0  # physical rows committed (live and dead); the append position
+    next_id: int = 0
+    files: dict[str, FileEntry] = field(default_factory=dict)  # by path
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    stats: dict[str, Any] | None = None
+    commits: int = 0
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def mel_config(self) -> MelConfig:
+        return MelConfig.from_dict(self.mel)
+
+    def live_entries(self) -> list[FileEntry]:
+        """Kept files in path order: the canonical (history independent) live-row order."""
+        return [self.files[p] for p in sorted(self.files)]
+
+    def live_rows(self) -> int:
+        return sum(e.n_rows for e in self.files.values())
+
+    def fingerprint(self) -> str:
+        """Changes iff the live content (files, their hashes and labels) or mel config changes.
+
+        Rows are a deterministic function of (file content, mel config, feature version),
+        so hashing the manifest is enough; no need to hash megabytes of mels.
+        """
+        doc = {
+            "feature_version": FEATURE_VERSION,
+            "mel": self.mel,
+            "classes": self.classes,
+            "files": [[e.path, e.hash, e.label, e.n_rows] for e in self.live_entries()],
+        }
+        blob = json.dumps(doc, sort_keys=True, ensure_ascii=True).encode()
+        return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "feature_version": FEATURE_VERSION,
+            "mel": self.mel,
+            "classes": self.classes,
+            "rows": self.rows,
+            "next_id": self.next_id,
+            "fingerprint": self.fingerprint(),
+            "files": [e.to_dict() for e in self.live_entries()],
+            "rejected": self.rejected,
+            "ignored": self.ignored,
+            "empty_classes": self.empty_classes,
+            "stats": self.stats,
+            "commits": self.commits,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if d.get("format") != FORMAT:
+            raise ValueError("not an audio-wgan mel store manifest")
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"store format {d.get('format_version')} is newer than this code "
+                             f"understands ({FORMAT_VERSION}); upgrade audio-wgan")
+        files = [FileEntry.from_dict(f) for f in d.get("files", [])]
+        return cls(
+            mel=dict(d["mel"]),
+            classes=list(d.get("classes", [])),
+            rows=int(d.get("rows", 0)),
+            next_id=int(d.get("next_id", 0)),
+            files={f.path: f for f in files},
+            rejected=list(d.get("rejected", [])),
+            ignored=list(d.get("ignored", [])),
+            empty_classes=list(d.get("empty_classes", [])),
+            stats=d.get("stats"),
+            commits=int(d.get("commits", 0)),
+            format_version=int(d.get("format_version", FORMAT_VERSION)),
+        )
+
+
+def read_manifest(store: str | Path) -> Manifest | None:
+    """The committed manifest, or None when the store has never committed one."""
+    path = Path(store) / MANIFEST_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    return Manifest.from_dict(json.loads(text))
+
+
+def commit_manifest(store: str | Path, manifest: Manifest) -> None:
+    """Atomically replace the committed manifest (durable once this returns)."""
+    manifest.commits += 1
+    write_json_atomic(Path(store) / MANIFEST_FILE, manifest.to_dict())
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode()
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

@@ -1,0 +1,378 @@
+"""Write side of the mel store: append rows, then commit the manifest that owns them.
+
+Crash safety comes from ordering, not from cleanup: rows are appended after the last
+committed row (resize + write; Zarr's local store replaces each chunk file atomically, so
+a chunk that also holds committed rows is never half-written), and only then does the
+manifest that owns them get committed atomically. A writer killed at any moment leaves
+rows past the committed count that no reader serves and that the next run overwrites
+and trims. One writer at a time: the writer holds the store's `StoreLock`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import signal
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from gan.spectral import MelConfig
+from storage.mel_store import (
+    INDEX_CHUNK_ROWS,
+    LABELS,
+    MELS,
+    OFFSET,
+    SOURCE,
+    MelStore,
+    rows_per_chunk,
+)
+from storage.store_errors import StoreError
+from storage.store_lock import LOCK_FILE, StoreLock
+from storage.store_manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    FileEntry,
+    Manifest,
+    commit_manifest,
+    read_manifest,
+)
+
+INT_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "split_hop_frames")
+FLOAT_FIELDS = ("f_min", "f_max")
+PAD_POLICIES = ("zero-end",)
+KILL_ENV = "AUDIO_WGAN_KILL_AT"  # test hook: "<point>:<n>" SIGKILLs at the n-th pass
+
+
+@dataclass
+class NewFile:
+    """Rows computed for one source file, ready to append."""
+
+    path: str
+    class_name: str
+    hash: str
+    size: int
+    mtime_ns: int
+    mels: np.ndarray  # float16 (K, n_mels, frames)
+    offsets: np.ndarray  # int64 (K,)
+    sample_rate: int = 0
+    channels: int = 0
+    samples: int = 0
+
+
+def resolve_mel_config(existing: dict[str, Any] | None, overrides: dict[str, Any] | None,
+                       store: str | Path = "") -> MelConfig:
+    """The store's config (or the defaults for a new store) with `overrides` applied.
+
+    Refuses (StoreError) overrides that would change an existing store's configuration:
+    rows made with different parameters must never be mixed.
+    """
+    names = [f.name for f in dataclasses.fields(MelConfig)]
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise StoreError(f"unknown mel setting(s): {', '.join(unknown)} "
+                         f"(known: {', '.join(names)})")
+    try:
+        for k in INT_FIELDS:
+            if k in given:
+                given[k] = int(given[k])
+        for k in FLOAT_FIELDS:
+            if k in given:
+                given[k] = float(given[k])
+        base = dict(existing) if existing is not None else MelConfig().to_dict()
+        cfg = MelConfig.from_dict({**base, **given})
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"bad mel configuration: {exc}") from None
+    if cfg.frames < 2:
+        raise StoreError("bad mel configuration: frames must be at least 2")
+    if cfg.split_hop_frames is not None and cfg.split_hop_frames <= 0:
+        raise StoreError("bad mel configuration: split_hop_frames must be positive")
+    if cfg.pad_policy not in PAD_POLICIES:
+        raise StoreError(f"bad mel configuration: pad_policy must be one of {PAD_POLICIES}")
+    if existing is not None:
+        old = MelConfig.from_dict(existing)
+        if cfg != old:
+            diffs = ", ".join(f"{n} {getattr(old, n)} -> {getattr(cfg, n)}" for n in names
+                              if getattr(old, n) != getattr(cfg, n))
+            raise StoreError(f"store {store} was made with a different mel configuration "
+                             f"({diffs}); use a new --store")
+    return cfg
+
+
+class MelStoreWriter:
+    """The single writer of a store; create with `MelStoreWriter.create_or_open`."""
+
+    def __init__(self, path: Path, lock: StoreLock, manifest: Manifest, group: zarr.Group,
+                 created: bool) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.mel_config = manifest.mel_config
+        self.created = created  # made by this writer: may be removed again if left empty
+        self._lock = lock
+        self._group = group
+        self._mels = group[MELS]
+        self._labels = group[LABELS]
+        self._source = group[SOURCE]
+        self._offset = group[OFFSET]
+        self._chunk_rows = int(self._mels.chunks[0])
+        self._dirty = False
+        self.fingerprint_at_open = manifest.fingerprint()
+
+    # ------------------------------------------------------------- open / close
+    @classmethod
+    def create_or_open(cls, path: str | Path, mel: dict[str, Any] | None = None
+                       ) -> MelStoreWriter:
+        """Lock the store at `path` and open it for appending, creating it if needed."""
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise StoreError(f"{p} exists and is not a directory; use a new --store")
+        lock = StoreLock(p).acquire()
+        try:
+            return cls._open_locked(p, lock, mel)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, p: Path, lock: StoreLock, mel: dict[str, Any] | None
+                     ) -> MelStoreWriter:
+        try:
+            manifest = read_manifest(p)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{p}/{MANIFEST_FILE} is unreadable ({exc}); use a new --store"
+                             ) from None
+        _remove_partials(p)
+        if manifest is not None:
+            cfg = resolve_mel_config(manifest.mel, mel, p)
+            try:
+                group = zarr.open_group(p, mode="r+", use_consolidated=False)
+                writer = cls(p, lock, manifest, group, created=False)
+            except (KeyError, FileNotFoundError) as exc:
+                raise StoreError(f"store {p} is damaged ({exc}); use a new --store") from None
+            assert writer.mel_config == cfg
+            return writer
+        others = [n for n in os.listdir(p) if n != LOCK_FILE]
+        if others and not _is_unfinished_store(p):
+            raise StoreError(f"{p} exists and is not a mel store; use a new --store")
+        cfg = resolve_mel_config(None, mel, p)
+        group = _create_layout(p, cfg)
+        manifest = Manifest(mel=cfg.to_dict())
+        commit_manifest(p, manifest)
+        return cls(p, lock, manifest, group, created=True)
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def destroy(self) -> None:
+        """Remove a store this writer created (used when no usable clip was found)."""
+        if not self.created:
+            raise StoreError("refusing to remove a store this run did not create")
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.close()
+
+    def __enter__(self) -> MelStoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- content
+    def known_files(self) -> dict[str, tuple[int, int, str]]:
+        """path -> (size, mtime_ns, hash) of every kept file, for change detection."""
+        return {p: (e.size, e.mtime_ns, e.hash) for p, e in self.manifest.files.items()}
+
+    def append(self, items: list[NewFile]) -> int:
+        """Write the rows of `items` after the committed rows; they stay invisible until
+        `commit()`. A file already in the manifest is replaced (its old rows die)."""
+        items = [it for it in items if len(it.mels)]
+        n = sum(len(it.mels) for it in items)
+        if n == 0:
+            return 0
+        cfg = self.mel_config
+        start = self.manifest.rows
+        end = start + n
+        classes = list(self.manifest.classes)
+        next_id = self.manifest.next_id
+        labels, ids = [], []
+        for it in items:
+            if it.class_name not in classes:
+                classes.append(it.class_name)
+            labels.append(classes.index(it.class_name))
+            ids.append(next_id)
+            next_id += 1
+        counts = [len(it.mels) for it in items]
+        mels = np.concatenate([np.asarray(it.mels, dtype=np.float16) for it in items])
+        if mels.shape[1:] != (cfg.n_mels, cfg.frames):
+            raise ValueError(f"rows of shape {mels.shape[1:]} do not fit this store "
+                             f"({cfg.n_mels}, {cfg.frames})")
+        self._ensure_capacity(end)
+        self._mels[start:end] = mels
+        self._labels[start:end] = np.repeat(np.asarray(labels, dtype=np.int32), counts)
+        self._source[start:end] = np.repeat(np.asarray(ids, dtype=np.int32), counts)
+        self._offset[start:end] = np.concatenate(
+            [np.asarray(it.offsets, dtype=np.int64) for it in items])
+        _fault_point("rows_written")
+        pos = start
+        for it, label, fid, k in zip(items, labels, ids, counts, strict=True):
+            self.manifest.files[it.path] = FileEntry(
+                id=fid, path=it.path, hash=it.hash, size=it.size, mtime_ns=it.mtime_ns,
+                label=label, start=pos, stop=pos + k, sample_rate=it.sample_rate,
+                channels=it.channels, samples=it.samples)
+            pos += k
+        self.manifest.classes = classes
+        self.manifest.next_id = next_id
+        self.manifest.rows = end
+        self._dirty = True
+        return n
+
+    def touch(self, path: str, size: int, mtime_ns: int) -> None:
+        """Same content, new stat (e.g. copied or touched): keep rows, remember the stat."""
+        e = self.manifest.files[path]
+        if (e.size, e.mtime_ns) != (size, mtime_ns):
+            e.size, e.mtime_ns = size, mtime_ns
+            self._dirty = True
+
+    def remove(self, paths: list[str]) -> int:
+        """Stop serving the rows of these files (deleted, or now rejected)."""
+        n = 0
+        for p in paths:
+            if self.manifest.files.pop(p, None) is not None:
+                n += 1
+        self._dirty = self._dirty or n > 0
+        return n
+
+    def set_reports(self, rejected: list[dict[str, str]], ignored: list[dict[str, str]],
+                    empty_classes: list[str]) -> None:
+        new = (list(rejected), list(ignored), list(empty_classes))
+        m = self.manifest
+        if new != (m.rejected, m.ignored, m.empty_classes):
+            m.rejected, m.ignored, m.empty_classes = new
+            self._dirty = True
+
+    def commit(self) -> bool:
+        """Make everything appended so far visible (atomic); False if nothing changed."""
+        if not self._dirty:
+            return False
+        _fault_point("before_commit")
+        commit_manifest(self.path, self.manifest)
+        self._dirty = False
+        return True
+
+    def live_rows(self) -> int:
+        return self.manifest.live_rows()
+
+    # ------------------------------------------------------------- end of run
+    def finalize(self) -> dict[str, Any]:
+        """Trim uncommitted rows, refresh statistics and attributes, consolidate metadata."""
+        self.commit()
+        rows = self.manifest.rows
+        if self._mels.shape[0] != rows:
+            for arr in (self._mels, self._labels, self._source, self._offset):
+                arr.resize((rows, *arr.shape[1:]))
+        fp = self.manifest.fingerprint()
+        stats = self.manifest.stats
+        if self.manifest.live_rows() and (not stats or stats.get("fingerprint") != fp):
+            mean, std, count = MelStore(self.path, self.manifest, self._group).compute_stats()
+            self.manifest.stats = {"fingerprint": fp, "count": int(count),
+                                   "mean": [float(x) for x in mean],
+                                   "std": [float(x) for x in std]}
+            self._dirty = True
+        _fault_point("finalize")
+        changed = self.commit()
+        attrs = self._group.attrs.asdict()
+        if changed or attrs.get("fingerprint") != fp or "mel" not in attrs:
+            self._write_attrs(fp)
+        return {"fingerprint": fp, "rows": self.manifest.live_rows(),
+                "stored_rows": rows}
+
+    def _write_attrs(self, fp: str) -> None:
+        m = self.manifest
+        stats = m.stats or {}
+        self._group.attrs.update({
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "manifest": MANIFEST_FILE,
+            "mel": m.mel,
+            "classes": m.classes,
+            "fingerprint": fp,
+            "live_rows": m.live_rows(),
+            "stored_rows": m.rows,
+            "pad_policy": m.mel.get("pad_policy"),
+            "long_clip_policy": m.mel.get("long_clip_policy"),
+            "norm_mean": stats.get("mean"),
+            "norm_std": stats.get("std"),
+        })
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # our manifest/lock files are not Zarr nodes
+            zarr.consolidate_metadata(str(self.path))
+
+    def _ensure_capacity(self, rows: int) -> None:
+        have = self._mels.shape[0]
+        if have >= rows:
+            return
+        grow = max(rows, int(have * 1.25))
+        target = math.ceil(grow / self._chunk_rows) * self._chunk_rows
+        for arr in (self._mels, self._labels, self._source, self._offset):
+            arr.resize((target, *arr.shape[1:]))
+
+
+def _create_layout(p: Path, cfg: MelConfig) -> zarr.Group:
+    group = zarr.open_group(p, mode="a", zarr_format=3, use_consolidated=False)
+    group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                        "manifest": MANIFEST_FILE})
+    rpc = rows_per_chunk(cfg)
+    blosc = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+    group.create_array(MELS, shape=(0, cfg.n_mels, cfg.frames), chunks=(rpc, cfg.n_mels,
+                       cfg.frames), dtype="float16", compressors=blosc, fill_value=0,
+                       overwrite=True)
+    int_codec = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    for name, dtype in ((LABELS, "int32"), (SOURCE, "int32"), (OFFSET, "int64")):
+        group.create_array(name, shape=(0,), chunks=(INDEX_CHUNK_ROWS,), dtype=dtype,
+                           compressors=int_codec, fill_value=-1, overwrite=True)
+    return group
+
+
+def _is_unfinished_store(p: Path) -> bool:
+    """A store whose creation was interrupted before its first manifest commit."""
+    try:
+        attrs = zarr.open_group(p, mode="r", use_consolidated=False).attrs.asdict()
+    except Exception:  # noqa: BLE001 - anything unreadable is "not ours"
+        return False
+    return attrs.get("format") == FORMAT
+
+
+def _remove_partials(p: Path) -> None:
+    """Temp files left by a killed writer (Zarr's `*.partial`, our manifest temp)."""
+    for dirpath, _, names in os.walk(p):
+        for n in names:
+            if n.endswith(".partial") or (n.startswith(f".{MANIFEST_FILE}.")
+                                          and n.endswith(".tmp")):
+                try:
+                    os.unlink(os.path.join(dirpath, n))
+                except OSError:
+                    pass
+
+
+_fault_counts: dict[str, int] = {}
+
+
+def _fault_point(name: str) -> None:
+    """Crash-test hook: with AUDIO_WGAN_KILL_AT="<name>:<n>", SIGKILL at the n-th pass."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,254 @@
+"""One source file -> log-mel rows: read, hash, decode, check, downmix, resample, cut, mel.
+
+Plain functions and a thread-safe `FeatureExtractor` (no Prefect here), so the precompute
+task can run many files in a thread pool: soundfile (libsndfile via cffi) and torch ops
+release the GIL. Every per-file problem becomes a one-line rejection reason; nothing here
+raises for bad input.
+
+Policies (recorded in the store's mel config and documented in the README):
+- all-zero audio is rejected as "silent"; NaN/inf samples are rejected;
+- clips shorter than one FFT window (n_fft samples at the store's rate) are rejected as
+  "too short"; anything longer but shorter than one example is zero-padded at the end;
+- longer clips are split into examples every `split_hop_frames` frames, keeping a final
+  zero-padded example when at least half of it is real audio, or cropped to the first
+  example (`long_clip_policy`).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from gan.spectral import LogMel, MelConfig
+
+# extensions of formats libsndfile reads (matched case-insensitively)
+AUDIO_EXTENSIONS = frozenset({
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
+    ".au", ".snd", ".caf", ".w64", ".rf64", ".voc", ".sf", ".ircam", ".nist", ".sph",
+})
+MAX_SINC_KERNEL = 4_000_000  # elements; beyond this (odd rate pairs) resample via FFT
+TRANSIENT_RETRIES = 2
+
+
+def is_audio_name(name: str) -> bool:
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in AUDIO_EXTENSIONS
+
+
+class ClipRejected(Exception):
+    """A file that cannot become training rows; str(exc) is the one-line reason."""
+
+
+@dataclass
+class Extracted:
+    """Outcome for one file: status "new" (rows computed), "same" (hash unchanged),
+    "rejected" (reason) or "vanished" (deleted since the scan)."""
+
+    path: str
+    class_name: str
+    size: int
+    mtime_ns: int
+    status: str
+    hash: str = ""
+    reason: str = ""
+    mels: np.ndarray | None = None  # float16 (K, n_mels, frames)
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    sample_rate: int = 0
+    channels: int = 0
+    samples: int = 0
+
+
+def read_bytes(path: str) -> bytes:
+    """Whole file; transient OS errors are retried, permanent ones become rejections."""
+    for attempt in range(TRANSIENT_RETRIES + 1):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except PermissionError:
+            raise ClipRejected("unreadable: permission denied") from None
+        except IsADirectoryError:
+            raise ClipRejected("not a file") from None
+        except OSError as exc:
+            if exc.errno in (errno.EINTR, errno.EAGAIN, errno.EIO, errno.EBUSY, errno.ETIMEDOUT
+                             ) and attempt < TRANSIENT_RETRIES:
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            raise ClipRejected(f"unreadable: {one_line(exc.strerror or exc)}") from None
+    raise AssertionError("unreachable")
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def decode(data: bytes, max_frames: int | None = None) -> tuple[np.ndarray, int]:
+    """Bytes -> (float32 (frames, channels), sample rate), or ClipRejected."""
+    if not data:
+        raise ClipRejected("empty file (0 bytes)")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            sr, channels = int(f.samplerate), int(f.channels)
+            x = f.read(frames=-1 if max_frames is None else max_frames, dtype="float32",
+                       always_2d=True)
+    except Exception as exc:  # noqa: BLE001 - libsndfile reports bad files many ways
+        msg = getattr(exc, "error_string", None) or str(exc)
+        msg = msg.removeprefix("Error : ").rstrip(".")
+        raise ClipRejected(f"not decodable audio ({one_line(msg)})") from None
+    if sr <= 0 or channels <= 0:
+        raise ClipRejected(f"bad header (sample rate {sr}, {channels} channels)")
+    if x.shape[0] == 0:
+        raise ClipRejected("no audio frames")
+    return x, sr
+
+
+def check_and_downmix(x: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> mono float32 (frames,), rejecting NaN/inf and silence."""
+    if not np.isfinite(x).all():
+        raise ClipRejected("non-finite samples (NaN or inf)")
+    mono = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
+    if not np.any(x):
+        raise ClipRejected("silent (all samples are zero)")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+class Resampler:
+    """torchaudio's windowed-sinc resampling with the kernel cached per source rate.
+
+    `torchaudio.functional.resample` rebuilds its kernel on every call, which dominates
+    for short clips; `torchaudio.transforms.Resample` is the same algorithm with the
+    kernel kept. Rate pairs whose reduced ratio would need a huge kernel (e.g. 44101 Hz)
+    fall back to band-limited FFT resampling.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = int(target)
+        self._cache: dict[int, torchaudio.transforms.Resample | None] = {}
+        self._lock = threading.Lock()
+
+    def _kernel_for(self, orig: int) -> torchaudio.transforms.Resample | None:
+        with self._lock:
+            if orig not in self._cache:
+                g = math.gcd(orig, self.target)
+                o, n = orig // g, self.target // g
+                width = math.ceil(6 * o / (min(o, n) * 0.99))
+                small = n * (2 * width + o) <= MAX_SINC_KERNEL
+                self._cache[orig] = (torchaudio.transforms.Resample(orig, self.target)
+                                     if small else None)
+            return self._cache[orig]
+
+    def __call__(self, wave: torch.Tensor, orig: int) -> torch.Tensor:
+        if orig == self.target:
+            return wave
+        kernel = self._kernel_for(orig)
+        if kernel is not None:
+            return kernel(wave)
+        n_out = max(1, math.ceil(wave.shape[-1] * self.target / orig))
+        spec = torch.fft.rfft(wave.double())
+        keep = min(spec.shape[-1], n_out // 2 + 1)
+        out = torch.fft.irfft(spec[..., :keep], n=n_out) * (n_out / wave.shape[-1])
+        return out.float()
+
+
+def segment(wave: torch.Tensor, cfg: MelConfig) -> tuple[torch.Tensor, list[int]]:
+    """(T,) -> (K, segment_samples) examples and their start offsets (see module doc)."""
+    s, h, t = cfg.segment_samples, cfg.hop_samples, int(wave.shape[-1])
+    if t <= s or cfg.long_clip_policy == "crop":
+        offsets = [0]
+    else:
+        offsets = list(range(0, t - s + 1, h))
+        tail = offsets[-1] + h
+        if tail < t and t - tail >= s // 2:
+            offsets.append(tail)
+    segs = torch.zeros(len(offsets), s, dtype=torch.float32)
+    for i, o in enumerate(offsets):
+        piece = wave[o:o + s]
+        segs[i, :piece.shape[-1]] = piece
+    return segs, offsets
+
+
+class FeatureExtractor:
+    """Thread-safe: one instance serves all worker threads of a precompute run."""
+
+    def __init__(self, cfg: MelConfig) -> None:
+        self.cfg = cfg
+        self.logmel = LogMel(cfg).eval()
+        self.resampler = Resampler(cfg.sample_rate)
+        self.min_samples = cfg.n_fft
+
+    def waveform(self, data: bytes) -> tuple[torch.Tensor, int, int]:
+        """Decoded, checked, mono, resampled: (wave (T,), source rate, channels)."""
+        cfg = self.cfg
+        probe_frames = None
+        if cfg.long_clip_policy == "crop":
+            probe_frames = _source_frames_needed(data, cfg.segment_samples, cfg.sample_rate)
+        x, sr = decode(data, probe_frames)
+        channels = x.shape[1]
+        mono = check_and_downmix(x)
+        if mono.shape[0] < 2:
+            raise ClipRejected(f"too short ({mono.shape[0]} sample)")
+        wave = self.resampler(torch.from_numpy(mono), sr)
+        if wave.shape[-1] < self.min_samples:
+            raise ClipRejected(f"too short ({wave.shape[-1]} samples at {cfg.sample_rate} Hz, "
+                               f"need n_fft={cfg.n_fft})")
+        if not torch.isfinite(wave).all():
+            raise ClipRejected("non-finite samples after resampling")
+        return wave, sr, channels
+
+    @torch.no_grad()
+    def features(self, wave: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        segs, offsets = segment(wave, self.cfg)
+        db = self.logmel(segs)
+        return db.numpy().astype(np.float16), np.asarray(offsets, dtype=np.int64)
+
+    def extract(self, abs_path: str, path: str, class_name: str, size: int, mtime_ns: int,
+                known_hash: str | None = None) -> Extracted:
+        """Never raises for bad input: the outcome carries a status and, if any, a reason."""
+        out = Extracted(path=path, class_name=class_name, size=size, mtime_ns=mtime_ns,
+                        status="new")
+        try:
+            data = read_bytes(abs_path)
+            out.size = len(data)
+            out.hash = content_hash(data)
+            if known_hash is not None and out.hash == known_hash:
+                out.status = "same"
+                return out
+            wave, out.sample_rate, out.channels = self.waveform(data)
+            del data
+            out.samples = int(wave.shape[-1])
+            out.mels, out.offsets = self.features(wave)
+        except FileNotFoundError:
+            out.status = "vanished"
+        except ClipRejected as exc:
+            out.status, out.reason = "rejected", one_line(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not fail the run
+            out.status = "rejected"
+            out.reason = f"failed: {type(exc).__name__}: {one_line(exc)}"
+        if out.status != "new":
+            out.mels = None
+        return out
+
+
+def _source_frames_needed(data: bytes, target_samples: int, target_rate: int) -> int | None:
+    """Frames of the source needed for one cropped example (plus resampler margin)."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - decode() reports it properly
+        return None
+    return int(math.ceil(target_samples * info.samplerate / target_rate)) + 64
+
+
+def one_line(x: object, limit: int = 200) -> str:
+    text = " ".join(str(x).split()) or type(x).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

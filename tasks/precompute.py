@@ -1,0 +1,315 @@
+"""Prefect tasks of the precompute flow: scan, open the store, compute + append, finish.
+
+Each task does one job and is testable with `.fn()`. The heavy task runs files through a
+thread pool (decode, resample and mel release the GIL) in batches of `batch_size` files,
+appending and committing each batch, so memory is bounded by the batch, not the data set,
+and an interrupted run loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
+
+from storage.store_lock import StoreLock
+from storage.store_writer import MelStoreWriter, NewFile
+from tasks.audio_features import Extracted, FeatureExtractor
+from tasks.source_scan import (
+    DataDirError,
+    Plan,
+    PrecomputeError,
+    ScanResult,
+    SourceFile,
+    plan_changes,
+    scan_data_dir,
+)
+
+__all__ = [
+    "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock", "compute_and_append",
+    "finalize_store", "open_store", "plan_work", "progress_listener", "publish_summary",
+    "raise_if_unusable", "scan_sources",
+]
+
+
+class NoUsableClipsError(PrecomputeError):
+    """Not a single clip could be used."""
+
+
+def _retry_on_oserror(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient I/O failures only; bad input fails at once with its message."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except BaseException:  # noqa: BLE001 - anything else is not transient
+        return False
+    return False
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------- progress
+_listeners: list[Callable[[dict[str, Any]], None]] = []
+
+
+@contextlib.contextmanager
+def progress_listener(fn: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Receive {done, total, rows, clips_per_s} updates while precompute runs (CLI)."""
+    _listeners.append(fn)
+    try:
+        yield
+    finally:
+        _listeners.remove(fn)
+
+
+def _in_prefect_run() -> bool:
+    try:
+        get_run_context()
+        return True
+    except MissingContextError:
+        return False
+
+
+class _Progress:
+    """Prefect progress artifact (inside a run) plus in-process listeners."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.artifact = None
+        if _in_prefect_run() and total:
+            with contextlib.suppress(Exception):  # progress must never fail the run
+                self.artifact = create_progress_artifact(
+                    0.0, key="precompute-progress", description=f"{total} files to process")
+
+    def update(self, done: int, rows: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not final and now - self.last < 0.5:
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        info = {"done": done, "total": self.total, "rows": rows, "clips_per_s": rate}
+        for fn in list(_listeners):
+            fn(info)
+        if self.artifact is not None:
+            with contextlib.suppress(Exception):
+                pct = 100.0 * done / max(self.total, 1)
+                update_progress_artifact(self.artifact, pct,
+                                         description=f"{done}/{self.total} files, {rows} rows")
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Parallelism comes from the file pool; nested intra-op threads only contend."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------- tasks
+@task(name="scan-sources", retries=2, retry_delay_seconds=1,
+      retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
+def scan_sources(data_dir: str) -> ScanResult:
+    """Walk DATA_DIR/<class>/** (DataDirError when it does not exist)."""
+    return scan_data_dir(data_dir)
+
+
+@task(name="open-store", retries=2, retry_delay_seconds=1,
+      retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
+def open_store(store: str, mel: dict[str, Any] | None = None) -> MelStoreWriter:
+    """Lock and open (or create) the store; refuses a changed mel config or a busy store."""
+    return MelStoreWriter.create_or_open(store, mel)
+
+
+@task(name="plan-work", cache_policy=NO_CACHE)
+def plan_work(scan: ScanResult, writer: MelStoreWriter) -> Plan:
+    """Which files are new, changed (by size/mtime), unchanged or removed."""
+    return plan_changes(scan, writer.known_files())
+
+
+@dataclass
+class ComputeResult:
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    touched: list[str] = field(default_factory=list)  # same content, new size/mtime stat
+    removed: list[str] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    new_rows: int = 0
+    processed: int = 0  # files read (hashed, and decoded unless unchanged)
+    seconds: float = 0.0
+    workers: int = 1
+
+
+@task(name="compute-and-append", retries=1, retry_delay_seconds=2,
+      retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
+def compute_and_append(writer: MelStoreWriter, plan: Plan, batch_size: int = 64,
+                       workers: int | None = None) -> ComputeResult:
+    """Decode + resample + mel for every file to do, appending and committing per batch."""
+    if batch_size <= 0:
+        raise PrecomputeError(f"batch size must be positive, not {batch_size}")
+    workers = int(workers or default_workers())
+    if workers <= 0:
+        raise PrecomputeError(f"workers must be positive, not {workers}")
+    res = ComputeResult(workers=workers)
+    t0 = time.perf_counter()
+    for path in plan.removed:
+        if writer.remove([path]):
+            res.removed.append(path)
+    extractor = FeatureExtractor(writer.mel_config)
+    todo = plan.todo
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    progress = _Progress(len(todo))
+    with ThreadPoolExecutor(workers, thread_name_prefix="precompute") as pool, \
+            _torch_threads(1 if workers > 1 else torch.get_num_threads()):
+
+        def submit(batch: list[SourceFile]) -> list[Future[Extracted]]:
+            return [pool.submit(extractor.extract, f.abs_path, f.path, f.class_name, f.size,
+                                f.mtime_ns, plan.known_hash.get(f.path)) for f in batch]
+
+        pending = submit(batches[0]) if batches else []
+        for i in range(len(batches)):
+            current = pending
+            # keep the pool busy with the next batch while this one is written
+            pending = submit(batches[i + 1]) if i + 1 < len(batches) else []
+            _apply(writer, [f.result() for f in current], res)
+            writer.commit()
+            res.processed += len(current)
+            progress.update(res.processed, writer.live_rows(), final=i + 1 == len(batches))
+    writer.commit()
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult) -> None:
+    kept = writer.manifest.files
+    new: list[NewFile] = []
+    for o in outcomes:
+        if o.status == "new":
+            (res.replaced if o.path in kept else res.added).append(o.path)
+            new.append(NewFile(path=o.path, class_name=o.class_name, hash=o.hash, size=o.size,
+                               mtime_ns=o.mtime_ns, mels=o.mels, offsets=o.offsets,
+                               sample_rate=o.sample_rate, channels=o.channels,
+                               samples=o.samples))
+        elif o.status == "same":
+            writer.touch(o.path, o.size, o.mtime_ns)
+            res.touched.append(o.path)
+        elif o.status == "rejected":
+            res.rejected.append({"path": o.path, "reason": o.reason})
+            if writer.remove([o.path]):  # a kept file that went bad stops being served
+                res.removed.append(o.path)
+        elif o.status == "vanished" and writer.remove([o.path]):
+            res.removed.append(o.path)
+    res.new_rows += writer.append(new)
+
+
+@task(name="finalize-store", retries=1, retry_delay_seconds=1,
+      retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
+def finalize_store(writer: MelStoreWriter, plan: Plan, result: ComputeResult,
+                   data_dir: str, started: float) -> dict[str, Any]:
+    """Record rejected/ignored files, trim, statistics, attributes; build the summary.
+
+    A store this run created that ends up without a single row is removed again.
+    """
+    scan = plan.scan
+    rejected = sorted(scan.unreadable + result.rejected, key=lambda r: r["path"])
+    kept_classes = {p.split("/", 1)[0] for p in writer.manifest.files}
+    empty = [c for c in scan.class_dirs if c not in kept_classes]
+    writer.set_reports(rejected, scan.ignored, empty)
+    fin = writer.finalize()
+    m = writer.manifest
+    per_label = [0] * len(m.classes)
+    for e in m.files.values():
+        per_label[e.label] += e.n_rows
+    seconds = time.time() - started
+    summary: dict[str, Any] = {
+        "store": str(writer.path),
+        "data_dir": str(data_dir),
+        "rows": fin["rows"],
+        "stored_rows": fin["stored_rows"],
+        "files": len(m.files),
+        "added_files": len(result.added),
+        "replaced_files": len(result.replaced),
+        "removed_files": len(result.removed),
+        "unchanged_files": len(plan.unchanged) + len(result.touched),
+        "processed_files": result.processed,
+        "new_rows": result.new_rows,
+        "rejected": rejected,
+        "ignored": scan.ignored,
+        "empty_classes": empty,
+        "classes": dict(zip(m.classes, per_label, strict=True)),
+        "changed": fin["fingerprint"] != writer.fingerprint_at_open,
+        "fingerprint": fin["fingerprint"],
+        "mel": writer.mel_config.to_dict(),
+        "workers": result.workers,
+        "seconds": round(seconds, 3),
+        "compute_seconds": round(result.seconds, 3),
+        "clips_per_s": round(result.processed / seconds, 2) if seconds > 0 else 0.0,
+    }
+    if fin["rows"] == 0 and writer.created:
+        writer.destroy()
+        summary["store_removed"] = True
+    return summary
+
+
+@task(name="publish-summary", cache_policy=NO_CACHE)
+def publish_summary(summary: dict[str, Any]) -> None:
+    """Prefect table artifacts: per-class counts, rejected files, throughput."""
+    try:
+        logger = get_run_logger()
+    except MissingContextError:
+        logger = None
+    classes = [{"label": i, "class": c, "rows": n}
+               for i, (c, n) in enumerate(summary["classes"].items())]
+    create_table_artifact(classes or [{"label": "", "class": "(none)", "rows": 0}],
+                          key="precompute-classes",
+                          description=f"Rows per class in {summary['store']}")
+    rejected = summary["rejected"] or [{"path": "(none)", "reason": ""}]
+    create_table_artifact(rejected, key="precompute-rejected",
+                          description=f"{len(summary['rejected'])} rejected files")
+    keys = ("rows", "files", "added_files", "replaced_files", "removed_files",
+            "unchanged_files", "processed_files", "new_rows", "changed", "seconds",
+            "clips_per_s", "workers", "fingerprint")
+    create_table_artifact([{"metric": k, "value": str(summary[k])} for k in keys],
+                          key="precompute-summary", description="precompute run summary")
+    if logger is not None:
+        logger.info("precompute: %d rows from %d files (%d added, %d replaced, %d removed, "
+                    "%d rejected) in %.1f s", summary["rows"], summary["files"],
+                    summary["added_files"], summary["replaced_files"],
+                    summary["removed_files"], len(summary["rejected"]), summary["seconds"])
+
+
+def raise_if_unusable(summary: dict[str, Any]) -> None:
+    """The run fails (one line) only when no usable clip remains."""
+    if summary["rows"] == 0:
+        rej = summary["rejected"]
+        if rej:
+            raise NoUsableClipsError(
+                f"no usable clip in {summary['data_dir']}: {len(rej)} file(s) rejected "
+                f"(e.g. {rej[0]['path']}: {rej[0]['reason']})")
+        raise NoUsableClipsError(f"no usable clip in {summary['data_dir']}: expected audio "
+                                 "files in DATA_DIR/<class>/ folders")

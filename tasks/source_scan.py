@@ -1,0 +1,136 @@
+"""Find the labelled clips under DATA_DIR and diff them against the store's manifest.
+
+DATA_DIR/<class>/**/<file> with an audio extension is a clip of <class>. Hidden files and
+folders (name starting with ".") are skipped silently; files directly in DATA_DIR and
+non-audio files in class folders are reported as ignored; class folders without a single
+audio file are reported as empty (no class is created for them). Symlinked files and
+folders are followed (loops are cut). The size+mtime check decides what must be re-read;
+content hashes then decide what really changed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.audio_features import is_audio_name, one_line
+
+
+class PrecomputeError(ValueError):
+    """A precompute run cannot go on; the message is one line."""
+
+
+class DataDirError(PrecomputeError):
+    """DATA_DIR is missing or unusable."""
+
+
+@dataclass
+class SourceFile:
+    path: str  # relative to DATA_DIR, "/" separated
+    abs_path: str
+    class_name: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class ScanResult:
+    files: list[SourceFile] = field(default_factory=list)  # sorted by path
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # could not even stat
+    class_dirs: list[str] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """What a precompute run has to do, from a scan and the committed manifest."""
+
+    scan: ScanResult
+    todo: list[SourceFile]  # new, or size/mtime changed: read + hash (+ decode)
+    known_hash: dict[str, str]  # path -> committed hash, for todo files already kept
+    unchanged: list[str]
+    removed: list[str]  # kept in the manifest but gone from DATA_DIR
+
+
+def scan_data_dir(data_dir: str | Path) -> ScanResult:
+    root = Path(data_dir)
+    if not root.exists():
+        raise DataDirError(f"data directory {root} does not exist")
+    if not root.is_dir():
+        raise DataDirError(f"{root} is not a directory")
+    res = ScanResult()
+    try:
+        top = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise DataDirError(f"cannot list {root}: {one_line(exc.strerror or exc)}") from None
+    for entry in top:
+        if entry.name.startswith("."):
+            continue
+        if _is_dir(entry):
+            res.class_dirs.append(entry.name)
+            n_before = len(res.files) + len(res.unreadable)
+            _walk_class(root, entry.name, res)
+            if len(res.files) + len(res.unreadable) == n_before:
+                res.empty_classes.append(entry.name)
+        else:
+            res.ignored.append({"path": entry.name, "reason": "outside any class folder"})
+    res.files.sort(key=lambda f: f.path)
+    return res
+
+
+def _walk_class(root: Path, cls: str, res: ScanResult) -> None:
+    seen: set[str] = set()
+    base = root / cls
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            abs_path = os.path.join(dirpath, name)
+            rel = Path(abs_path).relative_to(root).as_posix()
+            if not is_audio_name(name):
+                res.ignored.append({"path": rel, "reason": "not an audio file extension"})
+                continue
+            try:
+                st = os.stat(abs_path)
+            except OSError as exc:
+                res.unreadable.append({"path": rel, "reason":
+                                       f"unreadable: {one_line(exc.strerror or exc)}"})
+                continue
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+                res.unreadable.append({"path": rel, "reason": "not a regular file"})
+                continue
+            res.files.append(SourceFile(rel, abs_path, cls, st.st_size, st.st_mtime_ns))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def plan_changes(scan: ScanResult, known: dict[str, tuple[int, int, str]]) -> Plan:
+    """Diff a scan against the manifest's (size, mtime_ns, hash) per kept path."""
+    todo, unchanged, known_hash = [], [], {}
+    present = set()
+    for f in scan.files:
+        present.add(f.path)
+        k = known.get(f.path)
+        if k is not None and (k[0], k[1]) == (f.size, f.mtime_ns):
+            unchanged.append(f.path)
+            continue
+        if k is not None:
+            known_hash[f.path] = k[2]
+        todo.append(f)
+    removed = sorted(p for p in known if p not in present)
+    return Plan(scan=scan, todo=todo, known_hash=known_hash, unchanged=unchanged,
+                removed=removed)

@@ -1,0 +1,156 @@
+"""The precompute flow on small generated audio: rows, policies, incremental runs, refusals."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from flows.precompute import precompute
+from storage.mel_store import MelStore, StoreError
+from storage.store_lock import StoreBusyError, StoreLock
+from tasks.precompute import DataDirError, NoUsableClipsError
+
+# 8 kHz, 32 mels x 32 frames: an example is 31 * 64 = 1984 samples (0.248 s)
+MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32, "frames": 32}
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def data(tmp_path: Path, write_tone: Callable[..., Path]) -> Path:
+    root = tmp_path / "data"
+    for i in range(3):  # 0.5 s -> 4000 samples at 8 kHz: one example + a padded tail
+        write_tone(f"alpha/a{i}.wav", seconds=0.5, sr=16000, freq=300 + 100 * i, root=root)
+    for i in range(2):  # 0.1 s: zero-padded to one example
+        write_tone(f"beta/b{i}.flac", seconds=0.1, sr=22050, freq=900 + 50 * i, root=root)
+    # 1 s stereo 44.1 kHz in a subfolder: split into 4 examples (3 full + a padded tail)
+    write_tone("gamma/sub/g.ogg", seconds=1.0, sr=44100, freq=1500, channels=2, root=root)
+    return root
+
+
+def run(data: Path, store: Path, **kw: object) -> dict:
+    return precompute(str(data), str(store), mel=kw.pop("mel", MEL), batch_size=kw.pop(
+        "batch_size", 2), workers=kw.pop("workers", 2))
+
+
+def test_flow_builds_store_with_policies(data: Path, tmp_path: Path) -> None:
+    s = run(data, tmp_path / "s")
+    assert s["rows"] == 3 * 2 + 2 * 1 + 4 and s["files"] == 6 and s["added_files"] == 6
+    assert s["classes"] == {"alpha": 6, "beta": 2, "gamma": 4}
+    assert s["changed"] and s["rejected"] == [] and s["processed_files"] == 6
+    for key in ("replaced_files", "removed_files", "fingerprint", "seconds", "clips_per_s"):
+        assert key in s
+    st = MelStore.open(tmp_path / "s")
+    assert len(st) == s["rows"] and st.fingerprint == s["fingerprint"]
+    assert st.classes == ["alpha", "beta", "gamma"]
+    srcs = st.row_sources()
+    assert srcs.count("gamma/sub/g.ogg") == 4 and srcs.count("beta/b0.flac") == 1
+    offs = st.offsets()
+    g = [o for o, p in zip(offs, srcs, strict=True) if p == "gamma/sub/g.ogg"]
+    assert g == [0, 2048, 4096, 6144]  # offsets in samples at 8 kHz
+    mels, labels = st.load()
+    assert mels.shape == (12, 32, 32) and np.isfinite(mels.astype(np.float32)).all()
+    # a padded example is silent (the dB floor) after its real audio ends
+    b0 = mels[srcs.index("beta/b0.flac")]
+    assert b0[:, -5:].max() <= -99.0 and b0[:, :5].max() > -60.0
+    info = st.info()
+    assert info["rows"] == 12 and info["files"] == 6 and info["mel"]["n_mels"] == 32
+
+
+def test_crop_policy_keeps_one_example_per_file(data: Path, tmp_path: Path) -> None:
+    s = run(data, tmp_path / "s", mel={**MEL, "long_clip_policy": "crop"})
+    assert s["rows"] == 6 and s["classes"] == {"alpha": 3, "beta": 2, "gamma": 1}
+    assert MelStore.open(tmp_path / "s").mel_config.long_clip_policy == "crop"
+
+
+def test_incremental_runs(data: Path, tmp_path: Path,
+                          write_tone: Callable[..., Path]) -> None:
+    store = tmp_path / "s"
+    first = run(data, store)
+    labels_before = dict(zip(MelStore.open(store).row_sources(),
+                             MelStore.open(store).labels().tolist(), strict=True))
+
+    again = run(data, store)  # unchanged folder: nothing read, nothing written
+    assert again["processed_files"] == 0 and again["new_rows"] == 0
+    assert not again["changed"] and again["fingerprint"] == first["fingerprint"]
+    assert again["unchanged_files"] == 6 and again["added_files"] == 0
+
+    a0 = data / "alpha" / "a0.wav"
+    os.utime(a0, ns=(1, 1_000_000_000))  # touched: re-hashed, same content, no new rows
+    touched = run(data, store)
+    assert touched["processed_files"] == 1 and touched["new_rows"] == 0
+    assert not touched["changed"]
+    assert run(data, store)["processed_files"] == 0  # the new stat was remembered
+
+    write_tone("alpha/a0.wav", seconds=0.2, sr=16000, freq=777, root=data)  # new content
+    (data / "beta" / "b1.flac").unlink()
+    write_tone("alpha/a9.wav", seconds=0.3, sr=16000, freq=555, root=data)
+    write_tone("0new/n.wav", seconds=0.3, sr=8000, freq=222, root=data)  # sorts first
+    s = run(data, store)
+    assert (s["replaced_files"], s["removed_files"], s["added_files"]) == (1, 1, 2)
+    assert s["changed"] and s["fingerprint"] != first["fingerprint"]
+    st = MelStore.open(store)
+    assert st.classes == ["alpha", "beta", "gamma", "0new"]  # old labels not renumbered
+    assert s["classes"] == {"alpha": 2 * 2 + 1 + 1, "beta": 1, "gamma": 4, "0new": 1}
+    assert "beta/b1.flac" not in st.row_sources()
+    for src, lab in zip(st.row_sources(), st.labels().tolist(), strict=True):
+        if src in labels_before:
+            assert labels_before[src] == lab
+    assert st.info()["dead_rows"] == 2 + 1  # a0's two old rows + b1's row
+    # the incremental store serves exactly what a fresh build of the same folder serves,
+    # up to class numbering (new classes are appended, not sorted in)
+    fresh = run(data, tmp_path / "fresh")
+    fr = MelStore.open(tmp_path / "fresh")
+    assert fr.row_sources() == st.row_sources()
+    np.testing.assert_array_equal(fr.load()[0], st.load()[0])
+    assert fresh["rows"] == s["rows"]
+    np.testing.assert_allclose(fr.stats()[0], st.stats()[0], rtol=1e-6)
+
+
+def test_mel_change_on_existing_store_refused(data: Path, tmp_path: Path) -> None:
+    run(data, tmp_path / "s")
+    with pytest.raises(StoreError, match=r"hop_length 64 -> 128\); use a new --store"):
+        run(data, tmp_path / "s", mel={**MEL, "hop_length": 128})
+    assert run(data, tmp_path / "s", mel=None)["rows"] == 12  # None: keep the store's config
+
+
+def test_second_run_refused_while_store_is_locked(data: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from audio_wgan.cli import main
+
+    run(data, tmp_path / "s")
+    with StoreLock(tmp_path / "s"):
+        with pytest.raises(StoreBusyError, match="being written by another precompute"):
+            run(data, tmp_path / "s")
+        capsys.readouterr()
+        assert main(["precompute", str(data), "--store", str(tmp_path / "s")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "being written by another precompute" in err[0]
+    assert len(MelStore.open(tmp_path / "s")) == 12
+
+
+def test_missing_data_dir_and_no_usable_clip(tmp_path: Path) -> None:
+    with pytest.raises(DataDirError, match="does not exist"):
+        run(tmp_path / "nope", tmp_path / "s")
+    assert not (tmp_path / "s").exists()  # nothing created for a typo
+    bad = tmp_path / "bad"
+    (bad / "cls").mkdir(parents=True)
+    (bad / "cls" / "x.wav").write_bytes(b"not audio at all")
+    sf.write(bad / "cls" / "silent.wav", np.zeros(8000, np.float32), 8000)
+    with pytest.raises(NoUsableClipsError, match="2 file\\(s\\) rejected") as e:
+        run(bad, tmp_path / "s")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "s").exists()  # the empty store this run made is removed
+
+
+def test_worker_count_does_not_change_content(data: Path, tmp_path: Path) -> None:
+    one = run(data, tmp_path / "one", workers=1, batch_size=1)
+    two = run(data, tmp_path / "two", workers=2, batch_size=64)
+    assert one["fingerprint"] == two["fingerprint"]
+    a, b = MelStore.open(tmp_path / "one"), MelStore.open(tmp_path / "two")
+    np.testing.assert_array_equal(a.load()[0], b.load()[0])

@@ -1,0 +1,133 @@
+"""SIGKILL a precompute at several moments, re-run: the live store equals a clean run's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.mel_store import MelStore
+from storage.store_manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+MEL_ARGS = ["--sample-rate", "8000", "--n-fft", "256", "--hop-length", "64", "--n-mels", "32",
+            "--frames", "32"]
+MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32, "frames": 32}
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+
+
+def api_env(**extra: str) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ)
+    env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())  # the session's test server
+    env.pop("AUDIO_WGAN_KILL_AT", None)
+    env.update(extra)
+    return env
+
+
+def cli(data: Path, store: Path, env: dict[str, str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "audio_wgan.cli", "precompute", str(data), "--store",
+           str(store), *MEL_ARGS, "--batch-size", "2", "--workers", "2"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def committed_files(store: Path) -> int:
+    try:
+        m = read_manifest(store)
+    except ValueError:
+        return 0
+    return len(m.files) if m else 0
+
+
+def assert_same_live_content(a: MelStore, b: MelStore) -> None:
+    assert a.classes == b.classes and a.fingerprint == b.fingerprint
+    assert a.row_sources() == b.row_sources()
+    np.testing.assert_array_equal(a.labels(), b.labels())
+    np.testing.assert_array_equal(a.offsets(), b.offsets())
+    np.testing.assert_array_equal(a.load()[0], b.load()[0])
+    np.testing.assert_array_equal(a.stats()[0], b.stats()[0])
+    np.testing.assert_array_equal(a.stats()[1], b.stats()[1])
+
+
+def test_sigkill_at_several_moments_then_rerun(tmp_path: Path,
+                                               write_tone: Callable[..., Path]) -> None:
+    from flows.precompute import precompute
+
+    data = tmp_path / "data"
+    for c in ("ant", "bee", "cat"):
+        for i in range(10):
+            write_tone(f"{c}/{i:02d}.wav", seconds=0.5, sr=16000, freq=200 + 37 * i + 400 *
+                       len(c), root=data)
+    precompute(str(data), str(tmp_path / "clean"), mel=MEL, batch_size=5, workers=1)
+    clean = MelStore.open(tmp_path / "clean")
+    assert len(clean) == 60
+    store = tmp_path / "s"
+
+    # 1. rows of the 3rd batch written, its manifest not committed
+    p = cli(data, store, api_env(AUDIO_WGAN_KILL_AT="rows_written:3"))
+    p.communicate(timeout=120)
+    assert p.returncode == -signal.SIGKILL
+    st = MelStore.open(store)
+    assert len(st) == 8 and len(st.files()) == 4  # two committed batches of two files
+    mels = st.load()[0].astype(np.float64)  # stats of a partial store: computed on the fly
+    np.testing.assert_allclose(st.stats()[0], mels.mean(axis=(0, 2)), rtol=1e-5)
+
+    # 2. an arbitrary moment: once more files are committed, kill -9 from outside
+    p = cli(data, store, api_env())
+    deadline = time.time() + 120
+    while committed_files(store) < 12 and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert 12 <= len(MelStore.open(store).files()) < 30
+
+    # 3. every row committed, killed while finishing (statistics not yet committed)
+    p = cli(data, store, api_env(AUDIO_WGAN_KILL_AT="finalize:1"))
+    p.communicate(timeout=120)
+    assert p.returncode == -signal.SIGKILL
+    assert_same_live_content(MelStore.open(store), clean)  # stale stats recomputed
+
+    # 4. a normal re-run finishes the job; the store equals the uninterrupted one
+    p = cli(data, store, api_env())
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    st = MelStore.open(store)
+    assert_same_live_content(st, clean)
+    assert st.manifest.stats["fingerprint"] == st.fingerprint
+    assert not list(store.rglob("*.partial")) and not list(store.glob(".manifest*"))
+
+
+def test_lock_of_a_killed_holder_is_released(tmp_path: Path,
+                                             write_tone: Callable[..., Path],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from audio_wgan.cli import main
+
+    write_tone("c/a.wav", seconds=0.5, root=tmp_path / "d")
+    store = tmp_path / "s"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from storage.store_lock import StoreLock; "
+         "StoreLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)",
+         str(store)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["precompute", str(tmp_path / "d"), "--store", str(store), *MEL_ARGS]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert f"being written by another precompute (pid {holder.pid})" in err[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0  # the kernel dropped the dead holder's lock
+    assert len(MelStore.open(store)) == 2

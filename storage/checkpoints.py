@@ -1,0 +1,238 @@
+"""Training checkpoints on disk: atomic, hash-verified, pickle-free to load.
+
+Layout of a checkpoint directory:
+
+    epoch_00010.pt            torch.save of the trainer state plus {"meta": ...}
+    epoch_00010.pt.sha256     "<hex>  epoch_00010.pt" (the format `sha256sum -c` reads)
+    wgan_audio.pth.tar        symlink to the newest checkpoint (the seed's file name)
+
+A checkpoint is written to a hidden temporary file in the same directory, flushed and
+fsynced, then renamed into place, so a crash (even SIGKILL or power loss) leaves either
+the old set or the new file, never a torn one; the hash sidecar follows the same way, and
+a checkpoint without a matching sidecar is treated as damaged. Loading verifies the hash
+and uses `torch.load(weights_only=True)`, so a checkpoint cannot run code. When the newest
+checkpoint is damaged a warning is logged and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("audio_wgan")
+
+LATEST_NAME = "wgan_audio.pth.tar"
+_NAME_RE = re.compile(r"^epoch_(\d{5,})\.pt$")
+_TMP_PREFIX = ".tmp-"
+_CHUNK = 1 << 20
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint problem the user must act on; the message is one line."""
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{int(epoch):05d}.pt"
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Checkpoint files (not sidecars, temp files or the latest link), oldest epoch first."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = _NAME_RE.match(p.name)
+        if m and p.is_file() and not p.is_symlink():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; the rename still holds
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call write(fileobj) on a temp file beside `path`, fsync it, rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _non_finite(obj: Any, where: str = "") -> str | None:
+    """Name of the first floating tensor holding NaN/inf in a nested state, else None."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+            return where or "<tensor>"
+        return None
+    if isinstance(obj, dict):
+        items: Any = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        bad = _non_finite(v, f"{where}.{k}" if where else str(k))
+        if bad:
+            return bad
+    return None
+
+
+def _remove_stale_temps(d: Path) -> None:
+    """Temp files left by a writer that died mid-save are garbage; readers never see them."""
+    for p in d.glob(f"{_TMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def save_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], epoch: int, keep_last: int = 3,
+                    meta: dict[str, Any] | None = None) -> Path:
+    """Write `state` (+ {"meta": meta}) as epoch_{epoch:05d}.pt atomically; return its path.
+
+    Refuses (CheckpointError) a state with non-finite weights or optimiser moments, so a
+    NaN can never become the checkpoint a resume starts from. Keeps the newest
+    `keep_last` checkpoints and points `wgan_audio.pth.tar` at the one just written.
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    d = Path(ckpt_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    bad = _non_finite(state)
+    if bad:
+        raise CheckpointError(f"refusing to save epoch {epoch}: non-finite values in {bad}")
+    _remove_stale_temps(d)
+    payload = dict(state)
+    payload["meta"] = dict(meta or {})
+    newest = list_checkpoints(d)[-1:]
+    if newest and int(_NAME_RE.match(newest[0].name).group(1)) > epoch:
+        raise CheckpointError(
+            f"{d} already holds a later checkpoint ({newest[0].name}) than epoch {epoch}; "
+            f"resume from it or use a new checkpoint directory")
+    path = d / checkpoint_name(epoch)
+    _atomic_write(path, lambda f: torch.save(payload, f))
+    # hashed from the file as written (page cache), so the sidecar vouches for the bytes
+    digest = _sha256_file(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    line = f"{digest}  {path.name}\n".encode()
+    _atomic_write(sidecar, lambda f: f.write(line))
+    _point_latest(d, path)
+    _fsync_dir(d)
+    _prune(d, keep_last, keep=path)
+    return path
+
+
+def _point_latest(d: Path, target: Path) -> None:
+    """Atomically (re)point the seed-named link at `target` (relative, so dirs can move)."""
+    link = d / LATEST_NAME
+    tmp = d / f"{_TMP_PREFIX}{LATEST_NAME}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target.name, tmp)
+    os.replace(tmp, link)
+
+
+def _prune(d: Path, keep_last: int, keep: Path) -> None:
+    ckpts = list_checkpoints(d)
+    for old in ckpts[:-keep_last]:
+        if old == keep:
+            continue
+        for p in (old, old.with_name(old.name + ".sha256")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise CheckpointError unless `path` matches its SHA-256 sidecar."""
+    p = Path(path)
+    sidecar = p.with_name(p.name + ".sha256")
+    try:
+        expected = sidecar.read_text().split()[0]
+    except (OSError, IndexError):
+        raise CheckpointError(f"{p.name}: missing or empty hash file {sidecar.name}") from None
+    actual = _sha256_file(p)
+    if actual != expected:
+        raise CheckpointError(f"{p.name}: SHA-256 mismatch (file is damaged)")
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Verify and load one checkpoint; CheckpointError (one line) if it is damaged."""
+    p = Path(path)
+    verify_checkpoint(p)
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a verified file that still fails: wrong format/version
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{p.name}: cannot be loaded: {first}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{p.name}: not a checkpoint (top level is not a dict)")
+    state.setdefault("meta", {})
+    return state
+
+
+def load_latest(ckpt_dir: str | Path, map_location: Any = "cpu"
+                ) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint that verifies, as (state, path); None when there are none.
+
+    A damaged newer checkpoint is skipped with a warning on the "audio_wgan" logger.
+    Raises CheckpointError when checkpoints exist but none of them verifies.
+    """
+    ckpts = list_checkpoints(ckpt_dir)
+    problems = []
+    for p in reversed(ckpts):
+        try:
+            return load_checkpoint(p, map_location), p
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            log.warning("skipping damaged checkpoint %s: %s", p, exc)
+    if problems:
+        raise CheckpointError(f"no usable checkpoint in {ckpt_dir}: {'; '.join(problems)}")
+    return None
+
+
+def check_fingerprint(state_meta: dict[str, Any], fingerprint: str, warm_start: bool) -> None:
+    """Refuse to resume against a store whose content changed, unless warm start is asked.
+
+    Resuming is only exact when the data are the same; training on changed data from old
+    weights is allowed, but it has to be asked for by name.
+    """
+    if warm_start:
+        return
+    saved = (state_meta or {}).get("fingerprint")
+    if saved is None:
+        raise CheckpointError(
+            "checkpoint records no store fingerprint; use warm start to train from its weights")
+    if saved != fingerprint:
+        raise CheckpointError(
+            f"store changed since the checkpoint (fingerprint {str(saved)[:12]} -> "
+            f"{str(fingerprint)[:12]}); use warm start to continue from its weights, "
+            f"or a new checkpoint directory")

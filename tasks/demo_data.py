@@ -22,7 +22,7 @@ import soundfile as sf
 
 CLASSES = ("dog_bark", "drilling", "engine_idling", "siren", "street_music")
 DEMO_SAMPLE_RATE = 16000
-DEMO_SECONDS = 2.0
+DEMO_SECONDS = 2.05  # two whole 64-frame examples at 16 kHz, hop 256
 MARKER = "DEMO-DATA.json"
 
 

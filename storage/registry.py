@@ -302,7 +302,7 @@ def promote(name: str, version: int | str, metric_name: str | None = None,
         c.set_model_version_tag(name, version, f"metric.{metric_name}", repr(float(value)))
     champ = version_by_alias(name, CHAMPION)
     old: str | None = None
-    if champ is None or champ.version == version:
+    if champ is None or str(champ.version) == version:
         decision, reason = CHAMPION, "first version of the model: champion by default"
     elif metric_name is None or value is None:
         decision = CANDIDATE
@@ -311,7 +311,7 @@ def promote(name: str, version: int | str, metric_name: str | None = None,
         ref = champion_value if champion_value is not None else _metric_of(c, champ, metric_name)
         sense = "lower" if lower_is_better else "higher"
         if ref is None:
-            decision, old = CHAMPION, champ.version
+            decision, old = CHAMPION, str(champ.version)
             reason = f"champion v{champ.version} has no {metric_name}; v{version} measured " \
                      f"{metric_name}={value:.4g}"
         else:
@@ -320,12 +320,12 @@ def promote(name: str, version: int | str, metric_name: str | None = None,
             reason = (f"{metric_name}={value:.4g} {verdict} champion v{champ.version} "
                       f"({ref:.4g}) by margin {margin:g} ({sense} is better)")
             decision = CHAMPION if better else CANDIDATE
-            old = champ.version if better else None
+            old = str(champ.version) if better else None
     c.set_registered_model_alias(name, decision, version)
     if decision == CHAMPION and old is not None:
         c.set_model_version_tag(name, old, "former_champion", f"replaced by v{version}")
         cand = version_by_alias(name, CANDIDATE)
-        if cand is not None and cand.version == version:
+        if cand is not None and str(cand.version) == version:
             c.delete_registered_model_alias(name, CANDIDATE)
     c.set_model_version_tag(name, version, "promotion_decision", decision)
     c.set_model_version_tag(name, version, "promotion_reason", reason)

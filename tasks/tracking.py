@@ -97,7 +97,7 @@ class MetricBatcher:
     def log(self, metrics: Mapping[str, float], step: int, prefix: str = "") -> None:
         ts = int(time.time() * 1000)
         for k, v in metrics.items():
-            if k in ("step", "epoch") and not prefix:
+            if k == "step":  # the step is the x axis, not a metric
                 continue
             self._buf.append(Metric(f"{prefix}{k}", float(v), ts, int(step)))
         if len(self._buf) >= self.flush_every:

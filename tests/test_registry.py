@@ -10,11 +10,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from registry_fixtures import CLASSES, TINY_MEL, make_bundle, register_bundle
+from registry_fixtures import (
+    CLASSES,
+    TINY_MEL,
+    fresh_mlflow,
+    make_bundle,
+    one_torch_thread,
+    register_bundle,
+)
 
 from storage import registry
 from storage.model_bundle import synthesise
 from tasks import tracking
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """conftest's fixture, from a pre-migrated database (saves ~10 s per test)."""
+    return fresh_mlflow(tmp_path, monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    yield from one_torch_thread()
 
 
 def test_tracking_uri_defaults_to_sqlite_in_cwd(tmp_path, monkeypatch):
@@ -116,12 +134,12 @@ def test_promotion_rules(mlflow_uri):
     # better, but not by the margin -> candidate
     r = registry.promote("m", versions[2], "fd", 1.95, margin=0.1)
     assert r["decision"] == "candidate" and "does not beat" in r["reason"]
-    assert registry.version_by_alias("m", "champion").version == versions[0]
-    assert registry.version_by_alias("m", "candidate").version == versions[2]
+    assert str(registry.version_by_alias("m", "champion").version) == str(versions[0])
+    assert str(registry.version_by_alias("m", "candidate").version) == str(versions[2])
     # better by more than the margin -> champion; the old one keeps a tag
     r = registry.promote("m", versions[3], "fd", 1.5, margin=0.1)
     assert r["decision"] == "champion" and r["previous_champion"] == int(versions[0])
-    assert registry.version_by_alias("m", "champion").version == versions[3]
+    assert str(registry.version_by_alias("m", "champion").version) == str(versions[3])
     old = c.get_model_version("m", versions[0])
     assert old.tags["former_champion"] == f"replaced by v{versions[3]}"
     new = c.get_model_version("m", versions[3])

@@ -1,0 +1,148 @@
+"""The `train` flow: store -> WGAN-GP epochs with checkpoints -> EMA bundle -> MLflow model.
+
+Wiring only: the tasks in `tasks/train.py` and `tasks/tracking.py` do the work. `epochs` is
+the total to reach, so `epochs=2, resume=True` after a 1-epoch run trains one more.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flows.defaults import CHECKPOINT_DIR, EXPERIMENT, MODEL_NAME, STORE
+from gan.trainer import TrainConfig
+from tasks import tracking
+from tasks.train import (
+    TrainingError,
+    checkpoint_meta,
+    export_bundle_task,
+    load_data_task,
+    prepare_trainer_task,
+    register_model_task,
+    start_progress,
+    train_block_task,
+)
+
+
+class TrainParams(BaseModel):
+    """The flow's parameters, checked before anything runs (a bad one -> one line)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    store: str = Field(STORE, min_length=1)
+    preset: Literal["seed", "small", "tiny"] = "small"
+    epochs: int = Field(100, ge=1, le=1_000_000)
+    batch_size: int = Field(64, ge=1, le=65536)
+    seed: int = Field(0, ge=0, lt=2**63)
+    checkpoint_dir: str = Field(CHECKPOINT_DIR, min_length=1)
+    resume: bool = False
+    warm_start: bool = False
+    model_name: str = Field(MODEL_NAME, min_length=1, pattern=r"^[A-Za-z0-9][\w.\-]*$")
+    experiment: str = Field(EXPERIMENT, min_length=1)
+    # `register` would shadow BaseModel.register; the flow parameter keeps the short name
+    register_model: bool = Field(True, alias="register")
+    memory_budget_mb: int = Field(2048, ge=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    checkpoint_every: int = Field(10, ge=1)
+    keep_last: int = Field(3, ge=1)
+    sample_every: int = Field(20, ge=1)
+    lr: float = Field(1e-4, gt=0, lt=1)
+    n_critic: int = Field(5, ge=1)
+    gp_weight: float = Field(10.0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    amp: bool | None = None
+    bundle_dir: str | None = None
+    show_progress: bool = False
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            preset=self.preset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            n_critic=self.n_critic, gp_weight=self.gp_weight, ema_decay=self.ema_decay,
+            seed=self.seed, amp=self.amp, device=self.device,
+            checkpoint_every=self.checkpoint_every, keep_last=self.keep_last,
+            sample_every=self.sample_every)
+
+
+def validate_params(values: dict[str, Any]) -> TrainParams:
+    """TrainParams or a one-line TrainingError naming the first bad parameter."""
+    try:
+        return TrainParams(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "parameters"
+        got = f" (got {err['input']!r})" if "input" in err and loc != "parameters" else ""
+        raise TrainingError(f"invalid {loc}: {err.get('msg', 'bad value')}{got}") from None
+
+
+@flow(name="train", validate_parameters=False, flow_run_name="train-{preset}-to-{epochs}")
+def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_size: int = 64,
+          seed: int = 0, checkpoint_dir: str = CHECKPOINT_DIR, resume: bool = False,
+          warm_start: bool = False, model_name: str = MODEL_NAME, experiment: str = EXPERIMENT,
+          register: bool = True, memory_budget_mb: int = 2048, device: str = "auto",
+          checkpoint_every: int = 10, keep_last: int = 3, sample_every: int = 20,
+          lr: float = 1e-4, n_critic: int = 5, gp_weight: float = 10.0,
+          ema_decay: float = 0.999, amp: bool | None = None, bundle_dir: str | None = None,
+          show_progress: bool = False) -> dict[str, Any]:
+    """Train (or resume) to `epochs`, register the EMA generator; return a summary dict."""
+    p = validate_params(dict(locals()))
+    cfg = p.train_config()
+    data = load_data_task(p.store, p.batch_size, p.seed, p.memory_budget_mb)
+    trainer, start = prepare_trainer_task(cfg, data, p.checkpoint_dir, p.resume, p.warm_start)
+    meta = checkpoint_meta(data, cfg)
+    run_id = tracking.start_run_task(
+        p.experiment,
+        params={**cfg.to_dict(), "store": data.store, "rows": data.rows,
+                "classes": ",".join(data.classes), "resident": data.resident,
+                "start_mode": start.mode, "start_epoch": start.epoch, "mel": data.mel.to_dict()},
+        tags={"store_fingerprint": data.fingerprint, "preset": cfg.preset,
+              "start_mode": start.mode, "resumed_from": start.checkpoint or "",
+              "device": str(trainer.device)})
+    monitor = tracking.start_system_metrics(run_id)
+    try:
+        progress_id = start_progress(trainer.epoch, p.epochs)
+        blocks: list[dict[str, Any]] = []
+        with tracking.MetricBatcher(run_id) as metrics:
+            while trainer.epoch < p.epochs:
+                blocks.append(train_block_task(trainer, data, p.epochs, p.checkpoint_dir, meta,
+                                               metrics, progress_id, p.show_progress))
+        if not blocks:  # already at the target: keep the latest checkpoint as the result
+            blocks.append({"checkpoint": start.checkpoint, "epoch": trainer.epoch,
+                           "step": trainer.step, "history": [], "last": {}})
+        bundle = export_bundle_task(trainer, data,
+                                    p.bundle_dir or str(Path(p.checkpoint_dir) / "bundle"),
+                                    {"mlflow_run_id": run_id})
+        model = None
+        if p.register_model:
+            model = register_model_task(bundle, run_id, p.model_name, {
+                "store_fingerprint": data.fingerprint, "preset": cfg.preset,
+                "epochs": trainer.epoch, "steps": trainer.step})
+    except BaseException:
+        tracking.end_run(run_id, "FAILED")
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+    tracking.end_run(run_id, "FINISHED")
+    last = blocks[-1]
+    return {
+        "run_id": run_id,
+        "model": model,
+        "model_version": model["version"] if model else None,
+        "alias": model["decision"] if model else None,
+        "epoch": trainer.epoch,
+        "step": trainer.step,
+        "epochs_trained": trainer.epoch - start.epoch,
+        "start": {"mode": start.mode, "checkpoint": start.checkpoint, "epoch": start.epoch,
+                  "skipped": start.skipped},
+        "final": {k: last["last"].get(k) for k in ("critic_loss", "generator_loss",
+                                                    "gradient_penalty", "wasserstein",
+                                                    "samples_per_s")},
+        "checkpoint": last["checkpoint"],
+        "bundle": bundle,
+        "device": str(trainer.device),
+        "resident": data.resident,
+        "fingerprint": data.fingerprint,
+    }

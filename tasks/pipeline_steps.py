@@ -1,0 +1,254 @@
+"""The retrain flow's own steps: demo data, the train-or-skip plan, checkpoint folders,
+evaluation of new and champion models, registration.
+
+Each function does one job and is usable without Prefect (tests call them directly or with
+`.fn()`); the `*_task` wrappers at the bottom are what `flows/retrain.py` wires together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from storage import registry
+from storage.checkpoints import CheckpointError, list_checkpoints, verify_checkpoint
+from storage.model_bundle import GeneratorBundle, load_bundle_dir
+from tasks.demo_data import MARKER, write_demo_data
+
+PLAN_FILE = "retrain.json"  # in a retrain checkpoint folder: the target, what it started from
+FINGERPRINT_TAG = "store_fingerprint"
+CHECKPOINT_TAG = "checkpoint"
+
+
+class RetrainError(ValueError):
+    """The retrain cannot go on as asked; one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- demo data -----------------------------------------------------------------------------
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths (relative ones to the working directory) name the same place."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def ensure_demo_data(data_dir: str | Path, clips_per_class: int, demo: bool | None = None,
+                     default_dir: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """Write the synthetic demo data set into data_dir when it is wanted and not complete.
+
+    `demo=None` (auto): only for the default demo folder (`default_dir`, the flows pass
+    `work/demo-data`), and only when it is missing, so a fresh checkout runs with no
+    parameters. `demo=True`: data_dir is a demo folder (it may
+    grow: a larger `clips_per_class` adds the missing clips, existing ones stay). A folder
+    that exists but is not a demo data set is never written into.
+    """
+    p = Path(data_dir)
+    auto = default_dir is not None and same_path(p, default_dir) and not p.exists()
+    wanted = demo if demo is not None else auto
+    if not wanted:
+        return {"data_dir": str(p), "demo": bool((p / MARKER).is_file()), "written": 0}
+    if p.exists() and any(p.iterdir()) and not (p / MARKER).is_file():
+        raise RetrainError(f"{p} holds files but is not a demo data set; refusing to write "
+                           f"demo clips into it (pass demo=false, or another data_dir)")
+    info = write_demo_data(p, clips_per_class=clips_per_class, seed=seed)
+    return {"data_dir": str(p), "demo": True, "written": info["written"],
+            "clips_per_class": clips_per_class}
+
+
+def mel_for(data_dir: str | Path, mel: dict[str, Any] | None,
+            demo_mel: dict[str, Any]) -> dict[str, Any] | None:
+    """The mel overrides to precompute with: `mel`, else `demo_mel` for a demo data set,
+    else None (a new store then takes the seed's defaults; an existing one keeps its own)."""
+    if mel is not None:
+        return dict(mel)
+    if (Path(data_dir) / MARKER).is_file():
+        return dict(demo_mel)
+    return None
+
+
+# --- train or skip -------------------------------------------------------------------------
+
+def plan_training(model_name: str, fingerprint: str, force: bool = False) -> dict[str, Any]:
+    """Decide whether this store content needs a new model.
+
+    Train when forced, when nothing is registered yet, or when no registered version was
+    trained on exactly this store content (its `store_fingerprint` tag). A version that
+    lost to the champion still counts: the same data would give the same model again.
+    """
+    try:
+        versions = registry.list_versions(model_name)
+    except registry.RegistryError:
+        versions = []
+    champion = next((v for v in versions if registry.CHAMPION in v["aliases"]), None)
+    base = {"fingerprint": fingerprint, "versions": len(versions),
+            "champion": champion["version"] if champion else None}
+    if force:
+        return {**base, "train": True, "reason": "forced"}
+    if not versions:
+        return {**base, "train": True, "reason": f"no version of {model_name!r} registered yet"}
+    same = [v for v in versions if v["tags"].get(FINGERPRINT_TAG) == fingerprint]
+    if same:
+        v = same[0]
+        alias = f" (@{', @'.join(v['aliases'])})" if v["aliases"] else ""
+        return {**base, "train": False, "version": v["version"],
+                "reason": f"store unchanged: v{v['version']}{alias} was trained on this "
+                          f"exact content (fingerprint {fingerprint[:12]})"}
+    ref = champion or versions[0]
+    was = ref["tags"].get(FINGERPRINT_TAG, "unknown")
+    return {**base, "train": True,
+            "reason": f"store changed since v{ref['version']} (fingerprint {was[:12]} -> "
+                      f"{fingerprint[:12]})"}
+
+
+def champion_checkpoint(model_name: str) -> dict[str, Any] | None:
+    """The champion's version and, when the retrain flow registered it, its checkpoint."""
+    mv = registry.version_by_alias(model_name, registry.CHAMPION)
+    if mv is None:
+        return None
+    path = (mv.tags or {}).get(CHECKPOINT_TAG) or None
+    return {"version": int(mv.version), "checkpoint": path,
+            "fingerprint": (mv.tags or {}).get(FINGERPRINT_TAG)}
+
+
+def prepare_checkpoint_dir(root: str | Path, fingerprint: str, epochs: int, force: bool = False,
+                           warm_start: bool = False, champion: dict[str, Any] | None = None,
+                           stamp: str | None = None) -> dict[str, Any]:
+    """The folder this training checkpoints into, and the epoch to train to.
+
+    One folder per store content (`<root>/retrain-<fingerprint>`), so a retrain that crashed
+    resumes from its own last checkpoint on the next run, and never from a model of other
+    data. `force` gets a fresh folder (a new model, not the old one re-registered). With
+    `warm_start` and a champion checkpoint on disk, that checkpoint is copied in first (with
+    its hash file): training then starts from the champion's weights and counts `epochs`
+    more. The choice is written to `retrain.json` so a resumed run keeps the same target.
+    """
+    name = f"retrain-{fingerprint[:16]}" + (f"-{stamp}" if force and stamp else "")
+    d = Path(root) / name
+    plan_path = d / PLAN_FILE
+    if plan_path.is_file() and list_checkpoints(d):
+        plan = json.loads(plan_path.read_text())
+        return {**plan, "checkpoint_dir": str(d), "resumed": True}
+    d.mkdir(parents=True, exist_ok=True)
+    plan: dict[str, Any] = {"target_epochs": int(epochs), "start": "fresh", "warm_from": None,
+                            "note": "trained from scratch"}
+    if warm_start:
+        src = Path(champion["checkpoint"]) if champion and champion.get("checkpoint") else None
+        if champion is None:
+            plan["note"] = "warm start asked, but there is no champion: trained from scratch"
+        elif src is None or not src.is_file():
+            plan["note"] = (f"warm start asked, but champion v{champion['version']} has no "
+                            f"checkpoint on disk: trained from scratch")
+        else:
+            try:
+                verify_checkpoint(src)
+            except CheckpointError as exc:
+                raise RetrainError(f"cannot warm start from champion v{champion['version']}: "
+                                   f"{_one_line(exc)}") from None
+            for f in (src, src.with_name(src.name + ".sha256")):
+                shutil.copy2(f, d / f.name)
+            start_epoch = int(src.stem.split("_")[-1])
+            plan.update(target_epochs=start_epoch + int(epochs), start="warm-start",
+                        warm_from=str(src),
+                        note=f"warm start from champion v{champion['version']} "
+                             f"({src.name}), {epochs} more epochs")
+    plan_path.write_text(json.dumps(plan, indent=2))
+    return {**plan, "checkpoint_dir": str(d), "resumed": False}
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+def evaluate_model(model: str | GeneratorBundle, store: str, n_per_class: int, seed: int,
+                   ceilings: bool = False, metric: str = "frechet_distance") -> dict[str, Any]:
+    """Score a bundle directory, a GeneratorBundle or a registry URI on `store`.
+
+    Never raises for a model that cannot be scored (e.g. a champion with another mel
+    config): `{"metrics": None, "error": "..."}` lets the promotion rule decide.
+    """
+    from tasks.evaluate import evaluate  # heavy import (classifier, metrics): only when used
+
+    t0 = time.perf_counter()
+    try:
+        if isinstance(model, GeneratorBundle):
+            bundle = model
+        elif Path(model).is_dir():
+            bundle = load_bundle_dir(model)
+        else:
+            bundle = registry.load_bundle(model)
+        metrics = evaluate(bundle, store, n_per_class=n_per_class, seed=seed,
+                           ceilings=ceilings)
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:
+        return {"metrics": None, "value": None, "error": _one_line(exc),
+                "seconds": round(time.perf_counter() - t0, 2)}
+    value = metrics.get(metric)
+    value = float(value) if value is not None and math.isfinite(float(value)) else None
+    return {"metrics": {k: float(v) for k, v in metrics.items()}, "value": value,
+            "error": None if value is not None else f"no finite {metric}",
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def log_eval_metrics(run_id: str, metrics: dict[str, float] | None, prefix: str = "eval_"
+                     ) -> int:
+    """Evaluation metrics onto the training run (`eval_*`, shown by `audio-wgan models`)."""
+    from mlflow.entities import Metric
+
+    if not metrics:
+        return 0
+    ts = int(time.time() * 1000)
+    items = [Metric(f"{prefix}{k}", float(v), ts, 0) for k, v in metrics.items()
+             if isinstance(v, int | float) and math.isfinite(float(v))]
+    c = registry.client()
+    for i in range(0, len(items), 1000):
+        c.log_batch(run_id, metrics=items[i:i + 1000])
+    return len(items)
+
+
+# --- registration --------------------------------------------------------------------------
+
+def register_version(bundle_dir: str, run_id: str, model_name: str,
+                     tags: dict[str, Any]) -> int:
+    """Log the bundle as the run's pyfunc model and register it; the alias comes later."""
+    mv = registry.log_generator_model(bundle_dir, run_id, model_name, tags)
+    if mv is None:
+        raise RetrainError("model was logged but not registered")
+    return int(mv.version)
+
+
+def render_bundle(bundle_dir: str, out_dir: str, epoch: int, per_class: int) -> dict[str, Any]:
+    """The new model's fixed grid as plots, wavs and a gallery (tasks.render; inside a
+    Prefect run it also publishes its markdown artifact)."""
+    from tasks.render import render_samples
+
+    return render_samples.fn(load_bundle_dir(bundle_dir), out_dir=out_dir, epoch=epoch,
+                             per_class=per_class)
+
+
+def log_samples(run_id: str, samples_dir: str) -> None:
+    """The rendered gallery as run artifacts (`samples/`)."""
+    if Path(samples_dir).is_dir():
+        registry.client().log_artifacts(run_id, samples_dir, "samples")
+
+
+# --- Prefect task wrappers -----------------------------------------------------------------
+
+ensure_demo_data_task = task(ensure_demo_data, name="ensure-demo-data", cache_policy=NO_CACHE)
+plan_training_task = task(plan_training, name="plan-training", cache_policy=NO_CACHE)
+champion_checkpoint_task = task(champion_checkpoint, name="find-champion",
+                                cache_policy=NO_CACHE)
+prepare_checkpoint_dir_task = task(prepare_checkpoint_dir, name="prepare-checkpoint-dir",
+                                   cache_policy=NO_CACHE)
+evaluate_model_task = task(evaluate_model, name="evaluate-model", cache_policy=NO_CACHE)
+log_eval_metrics_task = task(log_eval_metrics, name="log-eval-metrics", cache_policy=NO_CACHE)
+register_version_task = task(register_version, name="register-version", cache_policy=NO_CACHE)
+render_bundle_task = task(render_bundle, name="render-samples", cache_policy=NO_CACHE)
+log_samples_task = task(log_samples, name="log-samples", cache_policy=NO_CACHE)

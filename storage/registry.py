@@ -233,6 +233,8 @@ def list_versions(name: str = DEFAULT_MODEL_NAME) -> list[dict[str, Any]]:
         aliases = _aliases(c, name)
     except MlflowException:
         raise RegistryError(f"no registered model named {name!r}") from None
+    if "'" in name:
+        raise RegistryError(f"invalid model name {name!r}")
     rows = []
     for mv in c.search_model_versions(f"name='{name}'"):
         metrics: dict[str, float] = {}
@@ -302,8 +304,10 @@ def promote(name: str, version: int | str, metric_name: str | None = None,
         c.set_model_version_tag(name, version, f"metric.{metric_name}", repr(float(value)))
     champ = version_by_alias(name, CHAMPION)
     old: str | None = None
-    if champ is None or str(champ.version) == version:
+    if champ is None:
         decision, reason = CHAMPION, "first version of the model: champion by default"
+    elif str(champ.version) == version:
+        decision, reason = CHAMPION, f"v{version} is already the champion"
     elif metric_name is None or value is None:
         decision = CANDIDATE
         reason = f"no evaluation metric; champion stays v{champ.version}"

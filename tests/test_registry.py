@@ -149,6 +149,8 @@ def test_promotion_rules(mlflow_uri):
     r = registry.promote("m", versions[1], "acc", 0.9, lower_is_better=False,
                          champion_value=0.5)
     assert r["decision"] == "champion" and "higher is better" in r["reason"]
+    again = registry.promote("m", versions[1])
+    assert again["decision"] == "champion" and "already the champion" in again["reason"]
     rows = {row["version"]: row for row in registry.list_versions("m")}
     assert rows[int(versions[1])]["aliases"] == ["champion"]
     assert rows[int(versions[2])]["aliases"] == ["candidate"]

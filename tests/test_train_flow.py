@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from prefect.artifacts import Artifact
 from registry_fixtures import TINY_MEL, fresh_mlflow, one_torch_thread, write_tone_dataset
 
 import gan.trainer
@@ -79,6 +80,11 @@ def test_cli_trains_registers_and_generates(tmp_path, data_and_store, mlflow_uri
         hist = c.get_metric_history(run.info.run_id, key)
         assert len(hist) == 2 and all(math.isfinite(m.value) for m in hist)  # 1 step/epoch
     assert [m.step for m in c.get_metric_history(run.info.run_id, "epoch_critic_loss")] == [1, 2]
+
+    # Prefect artifacts: progress reached 100 %, a markdown note per checkpoint
+    progress, note = Artifact.get("train-progress"), Artifact.get("train-checkpoint")
+    assert progress.type == "progress" and float(progress.data) == pytest.approx(100.0)
+    assert note.type == "markdown" and "epoch_00002.pt" in note.data
 
     # generate from the champion: wavs of the store's rate and example length
     gen = tmp_path / "gen"

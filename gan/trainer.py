@@ -318,13 +318,19 @@ class WGANTrainer:
         window: list[torch.Tensor] = []  # critic [loss, gp, w] since the last generator step
         window_seen = 0
         labels = None
-        for real, labels in data.epoch_batches(self.epoch, self.cfg.batch_size, self.cfg.seed,
-                                               self.device):
-            window.append(self._critic_step(real, labels))
-            window_seen += real.shape[0]
-            if len(window) == self.cfg.n_critic:
-                self._close_window(window, window_seen, labels, meter, on_step)
-                window, window_seen = [], 0
+        batches = data.epoch_batches(self.epoch, self.cfg.batch_size, self.cfg.seed,
+                                     self.device)
+        try:
+            for real, labels in batches:
+                window.append(self._critic_step(real, labels))
+                window_seen += real.shape[0]
+                if len(window) == self.cfg.n_critic:
+                    self._close_window(window, window_seen, labels, meter, on_step)
+                    window, window_seen = [], 0
+        finally:  # stops a streaming source's prefetch thread at once, also on errors
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
         if labels is None:
             raise ValueError(f"the data gave no batches for epoch {self.epoch + 1}")
         if window and meter.n_gen == 0:  # too few batches for n_critic: still one G step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -136,6 +137,15 @@ def test_streaming_errors_reach_the_trainer() -> None:
         t.train_epoch(StreamingData(broken))
     with pytest.raises(ValueError, match="no batches"):
         t.train_epoch(StreamingData(lambda e: []))
+
+    def endless_nan(epoch: int):
+        while True:
+            yield np.full((8, H, W), np.nan, np.float32), np.zeros(8, np.int64)
+
+    with pytest.raises(NonFiniteLossError):
+        t.train_epoch(StreamingData(endless_nan))
+    # the prefetch thread was stopped with the epoch, not left reading forever
+    assert not [th for th in threading.enumerate() if th.name == "batch-prefetch"]
 
 
 def test_nan_in_data_raises_before_any_weight_changes() -> None:

@@ -46,7 +46,8 @@ from tasks.pipeline_steps import (
 )
 from tasks.promote import lower_is_better_for, promote_task
 
-DEMO_EPOCHS = 30
+# The demo store (200 clips -> 400 rows of 64x64) costs ~2 CPU-s per `small` epoch: minutes.
+DEMO_EPOCHS = 100
 PROMOTION_METRIC = "frechet_distance"
 
 
@@ -98,9 +99,10 @@ def retrain(data_dir: str = DEMO_DATA_DIR, store: str = STORE, preset: str = DEM
             "store_changed": pre["changed"], "demo": demo_info, "plan": plan}
     if not plan["train"]:
         log.info("retrain: nothing to do: %s", plan["reason"])
+        champ = f"v{plan['champion']}" if plan["champion"] is not None else "none"
         create_markdown_artifact(
             markdown=f"### retrain skipped\n\n{plan['reason']}\n\nstore `{store}`: "
-                     f"{pre['rows']} rows; champion v{plan['champion']}\n",
+                     f"{pre['rows']} rows; champion {champ}\n",
             key="retrain", description="retrain skipped: store unchanged")
         return {**base, "skipped": True, "reason": plan["reason"]}
     log.info("retrain: training: %s", plan["reason"])

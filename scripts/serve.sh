@@ -39,6 +39,9 @@ export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$ROOT/mlflow.db}"
 # a UI for one person: one web worker, no background job runners (GenAI scorer jobs)
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 MLFLOW_WORKERS="${MLFLOW_WORKERS:-1}"
+# flow runs send a heartbeat every 30 s, so the zombie automation below can mark a run
+# Crashed 90 s after its worker or machine is lost (otherwise it would show Running forever)
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
 export PWD="$ROOT"
 
 PIDS=()
@@ -122,6 +125,7 @@ wait_http "Prefect server" "$PREFECT_API_URL/health" "$SERVER_PID"
 prefect --no-prompt work-pool inspect "$POOL" >/dev/null 2>&1 \
   || prefect --no-prompt work-pool create "$POOL" --type process >/dev/null
 echo "serve.sh: work pool '$POOL' ready"
+"$BIN/python" "$ROOT/scripts/zombie_automation.py" --within 90 | sed 's/^/serve.sh: /'
 
 echo "serve.sh: starting a process worker (log: $LOG_DIR/prefect-worker.log)"
 start_bg "$LOG_DIR/prefect-worker.log" \

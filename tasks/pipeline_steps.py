@@ -134,7 +134,7 @@ def prepare_checkpoint_dir(root: str | Path, fingerprint: str, epochs: int, forc
     more. The choice is written to `retrain.json` so a resumed run keeps the same target.
     """
     name = f"retrain-{fingerprint[:16]}" + (f"-{stamp}" if force and stamp else "")
-    d = Path(root) / name
+    d = (Path(root) / name).resolve()  # absolute: the registry tag must not depend on cwd
     plan_path = d / PLAN_FILE
     if plan_path.is_file() and list_checkpoints(d):
         plan = json.loads(plan_path.read_text())

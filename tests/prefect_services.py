@@ -173,9 +173,16 @@ class PrefectServer:
     @contextmanager
     def settings(self) -> Iterator[None]:
         """Point this (pytest) process's Prefect client at the server."""
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import (
+            PREFECT_API_URL,
+            PREFECT_LOGGING_TO_API_ENABLED,
+            temporary_settings,
+        )
 
-        with temporary_settings({PREFECT_API_URL: self.api_url}):
+        # logs of in-process runs stay local: a log shipper still flushing after the server
+        # stopped would only print errors at interpreter exit
+        with temporary_settings({PREFECT_API_URL: self.api_url,
+                                 PREFECT_LOGGING_TO_API_ENABLED: False}):
             yield
 
 

@@ -178,6 +178,7 @@ def test_serve_script_starts_and_stops_everything(tmp_path: Path) -> None:
         assert "ready. Ctrl-C" in text, text
         assert f"http://127.0.0.1:{env['PREFECT_PORT']}" in text
         assert "prefect deployment run 'retrain/weekly'" in text
+        assert "crash zombie flow runs" in text  # the heartbeat automation was installed
         pids = descendants(proc.pid)
         assert len(pids) >= 3  # server, worker, mlflow (plus their children)
         worker_log = tmp_path / "logs" / "prefect-worker.log"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from registry_fixtures import fresh_mlflow, make_bundle, one_torch_thread, register_bundle
+from registry_fixtures import make_bundle, register_bundle
 
 from storage import registry
 from storage.checkpoints import save_checkpoint
@@ -25,17 +25,6 @@ from tasks.pipeline_steps import (
 from tasks.promote import CANDIDATE, CHAMPION, decide, lower_is_better_for, promote
 
 TINY_MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 32, "frames": 32}
-
-
-@pytest.fixture
-def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """conftest's fixture, copied from a pre-migrated database (saves ~10 s per test)."""
-    return fresh_mlflow(tmp_path, monkeypatch)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    yield from one_torch_thread()
 
 
 def _aliases(name: str) -> dict[str, str]:

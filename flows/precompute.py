@@ -10,12 +10,12 @@ import time
 from typing import Any
 
 from prefect import flow
+from prefect.utilities.annotations import quote
 
 from tasks.precompute import (
     compute_and_append,
     finalize_store,
     open_store,
-    plan_work,
     publish_summary,
     raise_if_unusable,
     scan_sources,
@@ -33,12 +33,13 @@ def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
     started = time.time()
     scan = scan_sources(str(data_dir))
     writer = open_store(str(store), mel)
+    # quote(): file lists can be long; Prefect need not walk them looking for futures
     try:
-        plan = plan_work(scan, writer)
-        result = compute_and_append(writer, plan, batch_size=batch_size, workers=workers)
-        summary = finalize_store(writer, plan, result, str(data_dir), started)
+        result = compute_and_append(writer, quote(scan), batch_size=batch_size,
+                                    workers=workers)
+        summary = finalize_store(writer, quote(result), str(data_dir), started)
     finally:
         writer.close()
-    publish_summary(summary)
+    publish_summary(quote(summary))
     raise_if_unusable(summary)
     return summary

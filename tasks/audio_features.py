@@ -20,6 +20,7 @@ import errno
 import hashlib
 import io
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import torch
 import torchaudio
 
 from gan.spectral import LogMel, MelConfig
+from storage.mel_store import mel_sums
 
 # extensions of formats libsndfile reads (matched case-insensitively)
 AUDIO_EXTENSIONS = frozenset({
@@ -63,6 +65,7 @@ class Extracted:
     reason: str = ""
     mels: np.ndarray | None = None  # float16 (K, n_mels, frames)
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    sums: np.ndarray | None = None  # float64 (K, 2, n_mels), see storage.mel_store.mel_sums
     sample_rate: int = 0
     channels: int = 0
     samples: int = 0
@@ -93,12 +96,20 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
-def decode(data: bytes, max_frames: int | None = None) -> tuple[np.ndarray, int]:
-    """Bytes -> (float32 (frames, channels), sample rate), or ClipRejected."""
-    if not data:
-        raise ClipRejected("empty file (0 bytes)")
+def decode(source: str | bytes, max_frames: int | None = None) -> tuple[np.ndarray, int]:
+    """A file path (str) or the file's bytes -> (float32 (frames, channels), sample rate).
+
+    Paths are decoded by libsndfile directly: decoding from memory goes through Python
+    read callbacks that hold the GIL, which serialises the worker threads on ogg/mp3.
+    """
+    if isinstance(source, bytes):
+        if not source:
+            raise ClipRejected("empty file (0 bytes)")
+        target: object = io.BytesIO(source)
+    else:
+        target = os.fsencode(source)  # bytes path: any file name, even undecodable ones
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
+        with sf.SoundFile(target) as f:
             sr, channels = int(f.samplerate), int(f.channels)
             x = f.read(frames=-1 if max_frames is None else max_frames, dtype="float32",
                        always_2d=True)
@@ -187,13 +198,14 @@ class FeatureExtractor:
         self.resampler = Resampler(cfg.sample_rate)
         self.min_samples = cfg.n_fft
 
-    def waveform(self, data: bytes) -> tuple[torch.Tensor, int, int]:
-        """Decoded, checked, mono, resampled: (wave (T,), source rate, channels)."""
+    def waveform(self, source: str | bytes) -> tuple[torch.Tensor, int, int]:
+        """Decoded (path or bytes), checked, mono, resampled: (wave (T,), source rate,
+        channels)."""
         cfg = self.cfg
         probe_frames = None
         if cfg.long_clip_policy == "crop":
-            probe_frames = _source_frames_needed(data, cfg.segment_samples, cfg.sample_rate)
-        x, sr = decode(data, probe_frames)
+            probe_frames = _source_frames_needed(source, cfg.segment_samples, cfg.sample_rate)
+        x, sr = decode(source, probe_frames)
         channels = x.shape[1]
         mono = check_and_downmix(x)
         if mono.shape[0] < 2:
@@ -208,6 +220,7 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def features(self, wave: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(float16 dB mels (K, n_mels, frames), offsets (K,))."""
         segs, offsets = segment(wave, self.cfg)
         db = self.logmel(segs)
         return db.numpy().astype(np.float16), np.asarray(offsets, dtype=np.int64)
@@ -218,16 +231,23 @@ class FeatureExtractor:
         out = Extracted(path=path, class_name=class_name, size=size, mtime_ns=mtime_ns,
                         status="new")
         try:
+            st = os.stat(abs_path)
             data = read_bytes(abs_path)
-            out.size = len(data)
+            out.size, out.mtime_ns = len(data), st.st_mtime_ns
             out.hash = content_hash(data)
             if known_hash is not None and out.hash == known_hash:
                 out.status = "same"
                 return out
-            wave, out.sample_rate, out.channels = self.waveform(data)
+            if not data:
+                raise ClipRejected("empty file (0 bytes)")
             del data
+            wave, out.sample_rate, out.channels = self.waveform(abs_path)
+            after = os.stat(abs_path)
+            if (after.st_size, after.st_mtime_ns) != (out.size, out.mtime_ns):
+                raise ClipRejected("file changed while being read; run precompute again")
             out.samples = int(wave.shape[-1])
             out.mels, out.offsets = self.features(wave)
+            out.sums = mel_sums(out.mels)  # here, in the worker thread, not the writer
         except FileNotFoundError:
             out.status = "vanished"
         except ClipRejected as exc:
@@ -236,14 +256,15 @@ class FeatureExtractor:
             out.status = "rejected"
             out.reason = f"failed: {type(exc).__name__}: {one_line(exc)}"
         if out.status != "new":
-            out.mels = None
+            out.mels = out.sums = None
         return out
 
 
-def _source_frames_needed(data: bytes, target_samples: int, target_rate: int) -> int | None:
+def _source_frames_needed(source: str | bytes, target_samples: int, target_rate: int
+                          ) -> int | None:
     """Frames of the source needed for one cropped example (plus resampler margin)."""
     try:
-        info = sf.info(io.BytesIO(data))
+        info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else os.fsencode(source))
     except Exception:  # noqa: BLE001 - decode() reports it properly
         return None
     return int(math.ceil(target_samples * info.samplerate / target_rate)) + 64

@@ -2,7 +2,7 @@
 
 Each task does one job and is testable with `.fn()`. The heavy task runs files through a
 thread pool (decode, resample and mel release the GIL) in batches of `batch_size` files,
-appending and committing each batch, so memory is bounded by the batch, not the data set,
+appending and committing each batch, so memory is bounded by a few batches, not the data set,
 and an interrupted run loses at most the batch in flight.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,9 +43,12 @@ from tasks.source_scan import (
 
 __all__ = [
     "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock", "compute_and_append",
-    "finalize_store", "open_store", "plan_work", "progress_listener", "publish_summary",
+    "finalize_store", "open_store", "progress_listener", "publish_summary",
     "raise_if_unusable", "scan_sources",
 ]
+
+
+PREFETCH = 2  # batches in flight besides the one being written: memory ~ 3 batches
 
 
 class NoUsableClipsError(PrecomputeError):
@@ -92,12 +96,18 @@ def _in_prefect_run() -> bool:
 
 
 class _Progress:
-    """Prefect progress artifact (inside a run) plus in-process listeners."""
+    """Prefect progress artifact (inside a run) plus in-process listeners.
+
+    Listeners hear every half second; the artifact (an API round trip) every few seconds.
+    """
+
+    LISTENER_EVERY_S = 0.5
+    ARTIFACT_EVERY_S = 3.0
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.t0 = time.perf_counter()
-        self.last = 0.0
+        self.last = self.last_artifact = self.t0
         self.artifact = None
         if _in_prefect_run() and total:
             with contextlib.suppress(Exception):  # progress must never fail the run
@@ -106,14 +116,16 @@ class _Progress:
 
     def update(self, done: int, rows: int, final: bool = False) -> None:
         now = time.perf_counter()
-        if not final and now - self.last < 0.5:
+        if not final and now - self.last < self.LISTENER_EVERY_S:
             return
         self.last = now
         rate = done / max(now - self.t0, 1e-9)
         info = {"done": done, "total": self.total, "rows": rows, "clips_per_s": rate}
         for fn in list(_listeners):
             fn(info)
-        if self.artifact is not None:
+        if self.artifact is not None and (final or now - self.last_artifact
+                                          >= self.ARTIFACT_EVERY_S):
+            self.last_artifact = now
             with contextlib.suppress(Exception):
                 pct = 100.0 * done / max(self.total, 1)
                 update_progress_artifact(self.artifact, pct,
@@ -146,14 +158,9 @@ def open_store(store: str, mel: dict[str, Any] | None = None) -> MelStoreWriter:
     return MelStoreWriter.create_or_open(store, mel)
 
 
-@task(name="plan-work", cache_policy=NO_CACHE)
-def plan_work(scan: ScanResult, writer: MelStoreWriter) -> Plan:
-    """Which files are new, changed (by size/mtime), unchanged or removed."""
-    return plan_changes(scan, writer.known_files())
-
-
 @dataclass
 class ComputeResult:
+    plan: Plan
     added: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
     touched: list[str] = field(default_factory=list)  # same content, new size/mtime stat
@@ -167,16 +174,18 @@ class ComputeResult:
 
 @task(name="compute-and-append", retries=1, retry_delay_seconds=2,
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
-def compute_and_append(writer: MelStoreWriter, plan: Plan, batch_size: int = 64,
+def compute_and_append(writer: MelStoreWriter, scan: ScanResult, batch_size: int = 64,
                        workers: int | None = None) -> ComputeResult:
-    """Decode + resample + mel for every file to do, appending and committing per batch."""
+    """Diff the scan against the manifest (new, changed by size/mtime, unchanged, removed),
+    then decode + resample + mel every file to do, appending and committing per batch."""
     if batch_size <= 0:
         raise PrecomputeError(f"batch size must be positive, not {batch_size}")
     workers = int(workers or default_workers())
     if workers <= 0:
         raise PrecomputeError(f"workers must be positive, not {workers}")
-    res = ComputeResult(workers=workers)
     t0 = time.perf_counter()
+    plan = plan_changes(scan, writer.known_files())
+    res = ComputeResult(plan=plan, workers=workers)
     for path in plan.removed:
         if writer.remove([path]):
             res.removed.append(path)
@@ -191,13 +200,14 @@ def compute_and_append(writer: MelStoreWriter, plan: Plan, batch_size: int = 64,
             return [pool.submit(extractor.extract, f.abs_path, f.path, f.class_name, f.size,
                                 f.mtime_ns, plan.known_hash.get(f.path)) for f in batch]
 
-        pending = submit(batches[0]) if batches else []
+        # keep PREFETCH batches queued so the pool never waits while a batch is written
+        queue = deque(submit(b) for b in batches[:PREFETCH])
         for i in range(len(batches)):
-            current = pending
-            # keep the pool busy with the next batch while this one is written
-            pending = submit(batches[i + 1]) if i + 1 < len(batches) else []
+            current = queue.popleft()
+            if i + PREFETCH < len(batches):
+                queue.append(submit(batches[i + PREFETCH]))
             _apply(writer, [f.result() for f in current], res)
-            writer.commit()
+            writer.commit(force=False)
             res.processed += len(current)
             progress.update(res.processed, writer.live_rows(), final=i + 1 == len(batches))
     writer.commit()
@@ -213,7 +223,7 @@ def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult
             (res.replaced if o.path in kept else res.added).append(o.path)
             new.append(NewFile(path=o.path, class_name=o.class_name, hash=o.hash, size=o.size,
                                mtime_ns=o.mtime_ns, mels=o.mels, offsets=o.offsets,
-                               sample_rate=o.sample_rate, channels=o.channels,
+                               sums=o.sums, sample_rate=o.sample_rate, channels=o.channels,
                                samples=o.samples))
         elif o.status == "same":
             writer.touch(o.path, o.size, o.mtime_ns)
@@ -229,12 +239,13 @@ def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult
 
 @task(name="finalize-store", retries=1, retry_delay_seconds=1,
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
-def finalize_store(writer: MelStoreWriter, plan: Plan, result: ComputeResult,
-                   data_dir: str, started: float) -> dict[str, Any]:
+def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
+                   started: float) -> dict[str, Any]:
     """Record rejected/ignored files, trim, statistics, attributes; build the summary.
 
     A store this run created that ends up without a single row is removed again.
     """
+    plan = result.plan
     scan = plan.scan
     rejected = sorted(scan.unreadable + result.rejected, key=lambda r: r["path"])
     kept_classes = {p.split("/", 1)[0] for p in writer.manifest.files}

@@ -83,7 +83,7 @@ def scan_data_dir(data_dir: str | Path) -> ScanResult:
 
 def _walk_class(root: Path, cls: str, res: ScanResult) -> None:
     seen: set[str] = set()
-    base = root / cls
+    base = str(root / cls)
     for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -91,11 +91,13 @@ def _walk_class(root: Path, cls: str, res: ScanResult) -> None:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        sub = dirpath[len(base):].strip(os.sep).replace(os.sep, "/")
+        prefix = f"{cls}/{sub}/" if sub else f"{cls}/"
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             abs_path = os.path.join(dirpath, name)
-            rel = Path(abs_path).relative_to(root).as_posix()
+            rel = prefix + name
             if not is_audio_name(name):
                 res.ignored.append({"path": rel, "reason": "not an audio file extension"})
                 continue

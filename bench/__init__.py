@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks; each writes its markdown result to bench/results/."""

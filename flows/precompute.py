@@ -13,6 +13,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from tasks.precompute import (
+    check_params,
     compute_and_append,
     finalize_store,
     open_store,
@@ -31,7 +32,8 @@ def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
     store keeps its own and refuses changes). Returns the run summary.
     """
     started = time.time()
-    scan = scan_sources(str(data_dir))
+    check_params(batch_size, workers)
+    scan = scan_sources(str(data_dir), str(store))
     writer = open_store(str(store), mel)
     # quote(): file lists can be long; Prefect need not walk them looking for futures
     try:

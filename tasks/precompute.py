@@ -42,7 +42,8 @@ from tasks.source_scan import (
 )
 
 __all__ = [
-    "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock", "compute_and_append",
+    "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock", "check_params",
+    "compute_and_append",
     "finalize_store", "open_store", "progress_listener", "publish_summary",
     "raise_if_unusable", "scan_sources",
 ]
@@ -146,9 +147,9 @@ def _torch_threads(n: int) -> Iterator[None]:
 # ----------------------------------------------------------------- tasks
 @task(name="scan-sources", retries=2, retry_delay_seconds=1,
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
-def scan_sources(data_dir: str) -> ScanResult:
-    """Walk DATA_DIR/<class>/** (DataDirError when it does not exist)."""
-    return scan_data_dir(data_dir)
+def scan_sources(data_dir: str, store: str | None = None) -> ScanResult:
+    """Walk DATA_DIR/<class>/** (DataDirError when it does not exist), skipping the store."""
+    return scan_data_dir(data_dir, exclude=store)
 
 
 @task(name="open-store", retries=2, retry_delay_seconds=1,
@@ -312,6 +313,14 @@ def publish_summary(summary: dict[str, Any]) -> None:
                     "%d rejected) in %.1f s", summary["rows"], summary["files"],
                     summary["added_files"], summary["replaced_files"],
                     summary["removed_files"], len(summary["rejected"]), summary["seconds"])
+
+
+def check_params(batch_size: int, workers: int | None) -> None:
+    """Refuse bad knobs before anything is touched (one-line PrecomputeError)."""
+    if int(batch_size) < 1:
+        raise PrecomputeError(f"batch_size must be at least 1, not {batch_size}")
+    if workers is not None and int(workers) < 1:
+        raise PrecomputeError(f"workers must be at least 1, not {workers}")
 
 
 def raise_if_unusable(summary: dict[str, Any]) -> None:

@@ -55,8 +55,10 @@ class Plan:
     removed: list[str]  # kept in the manifest but gone from DATA_DIR
 
 
-def scan_data_dir(data_dir: str | Path) -> ScanResult:
+def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> ScanResult:
+    """Walk DATA_DIR; `exclude` (the store, when it lives inside DATA_DIR) is skipped."""
     root = Path(data_dir)
+    skip = os.path.realpath(exclude) if exclude is not None else None
     if not root.exists():
         raise DataDirError(f"data directory {root} does not exist")
     if not root.is_dir():
@@ -68,6 +70,8 @@ def scan_data_dir(data_dir: str | Path) -> ScanResult:
         raise DataDirError(f"cannot list {root}: {one_line(exc.strerror or exc)}") from None
     for entry in top:
         if entry.name.startswith("."):
+            continue
+        if skip is not None and os.path.realpath(entry.path) == skip:
             continue
         if _is_dir(entry):
             res.class_dirs.append(entry.name)

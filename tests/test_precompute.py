@@ -154,3 +154,14 @@ def test_worker_count_does_not_change_content(data: Path, tmp_path: Path) -> Non
     assert one["fingerprint"] == two["fingerprint"]
     a, b = MelStore.open(tmp_path / "one"), MelStore.open(tmp_path / "two")
     np.testing.assert_array_equal(a.load()[0], b.load()[0])
+
+
+def test_store_inside_data_dir_and_bad_knobs(data: Path) -> None:
+    from tasks.precompute import PrecomputeError
+
+    with pytest.raises(PrecomputeError, match="batch_size must be at least 1"):
+        run(data, data / "mels.zarr", batch_size=0)
+    assert not (data / "mels.zarr").exists()
+    s = run(data, data / "mels.zarr")  # the store is not mistaken for a class folder
+    assert "mels.zarr" not in s["classes"] and s["empty_classes"] == []
+    assert run(data, data / "mels.zarr")["processed_files"] == 0

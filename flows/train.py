@@ -20,8 +20,10 @@ from tasks.train import (
     checkpoint_meta,
     export_bundle_task,
     load_data_task,
+    next_render_epoch,
     prepare_trainer_task,
     register_model_task,
+    render_epoch_task,
     start_progress,
     train_block_task,
 )
@@ -56,6 +58,10 @@ class TrainParams(BaseModel):
     amp: bool | None = None
     bundle_dir: str | None = None
     show_progress: bool = False
+    samples_dir: str | None = None
+    render: bool = True
+    render_per_class: int = Field(4, ge=1, le=64)
+    griffin_lim_iters: int = Field(32, ge=1, le=1000)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -85,8 +91,14 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
           checkpoint_every: int = 10, keep_last: int = 3, sample_every: int = 20,
           lr: float = 1e-4, n_critic: int = 5, gp_weight: float = 10.0,
           ema_decay: float = 0.999, amp: bool | None = None, bundle_dir: str | None = None,
-          show_progress: bool = False) -> dict[str, Any]:
-    """Train (or resume) to `epochs`, register the EMA generator; return a summary dict."""
+          show_progress: bool = False, samples_dir: str | None = None, render: bool = True,
+          render_per_class: int = 4, griffin_lim_iters: int = 32) -> dict[str, Any]:
+    """Train (or resume) to `epochs`, register the EMA generator; return a summary dict.
+
+    Every `sample_every` epochs and at the end, the fixed latent grid is rendered with the EMA
+    generator into `samples_dir` (default: `samples/` beside the checkpoint folder, as in the
+    seed's layout) and logged to the MLflow run; `render=False` turns rendering off.
+    """
     p = validate_params(dict(locals()))
     cfg = p.train_config()
     data = load_data_task(p.store, p.batch_size, p.seed, p.memory_budget_mb)
@@ -104,10 +116,21 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
     try:
         progress_id = start_progress(trainer.epoch, p.epochs)
         blocks: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        samples: dict[str, Any] | None = None
+        samples_dir = p.samples_dir or str(Path(p.checkpoint_dir).parent / "samples")
         with tracking.MetricBatcher(run_id) as metrics:
             while trainer.epoch < p.epochs:
-                blocks.append(train_block_task(trainer, data, p.epochs, p.checkpoint_dir, meta,
-                                               metrics, progress_id, p.show_progress))
+                stop_at = next_render_epoch(trainer.epoch, p.sample_every)
+                block = train_block_task(trainer, data, p.epochs, p.checkpoint_dir, meta,
+                                         metrics, progress_id, p.show_progress,
+                                         stop_at=stop_at)
+                blocks.append(block)
+                history.extend(block["history"])
+                due = trainer.epoch % p.sample_every == 0 or trainer.epoch >= p.epochs
+                if p.render and due:
+                    samples = render_epoch_task(trainer, data, samples_dir, history, run_id,
+                                                p.render_per_class, p.griffin_lim_iters)
         if not blocks:  # already at the target: keep the latest checkpoint as the result
             blocks.append({"checkpoint": start.checkpoint, "epoch": trainer.epoch,
                            "step": trainer.step, "history": [], "last": {}})
@@ -145,4 +168,7 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
         "device": str(trainer.device),
         "resident": data.resident,
         "fingerprint": data.fingerprint,
+        "samples": samples,
+        "samples_dir": samples["samples_dir"] if samples else None,
+        "gallery": samples["gallery"] if samples else None,
     }

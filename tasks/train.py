@@ -24,6 +24,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext, TaskRunContext
 
 from gan.data import ResidentData, StreamingData, TrainData
 from gan.spectral import MelConfig, Normaliser
@@ -38,6 +39,8 @@ from storage.checkpoints import (
 )
 from storage.mel_store import MelStore, StoreError
 from storage.model_bundle import save_bundle
+from tasks import tracking
+from tasks.render import render_markdown, render_samples
 from tasks.tracking import MetricBatcher
 
 LOSS_KEYS = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein")
@@ -206,14 +209,18 @@ def progress_line(stats: EpochStats, epochs: int, width: int = 20) -> str:
 def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoint_dir: str,
                 meta: dict[str, Any], metrics: MetricBatcher | None = None,
                 progress_id: str | None = None, echo: bool = False,
-                on_epoch: Callable[[EpochStats], None] | None = None) -> dict[str, Any]:
-    """Train up to `checkpoint_every` epochs (not past `epochs`), then checkpoint.
+                on_epoch: Callable[[EpochStats], None] | None = None,
+                stop_at: int | None = None) -> dict[str, Any]:
+    """Train up to `checkpoint_every` epochs (not past `epochs` or `stop_at`, the next render
+    epoch), then checkpoint.
 
     A non-finite loss stops training with a TrainingError naming the step; nothing is
     saved, so the last good checkpoint stays the latest.
     """
     cfg = trainer.cfg
     until = min(epochs, trainer.epoch + cfg.checkpoint_every)
+    if stop_at is not None and stop_at > trainer.epoch:
+        until = min(until, stop_at)
     on_step = None
     if metrics is not None:
         def on_step(m: dict[str, Any]) -> None:
@@ -269,6 +276,31 @@ def _checkpoint_artifact(path: Path, trainer: WGANTrainer, last: dict[str, Any])
         pass
 
 
+# --- samples during training ---------------------------------------------------------------
+
+def next_render_epoch(epoch: int, sample_every: int) -> int:
+    """The next multiple of `sample_every` after `epoch` (the seed renders every 20)."""
+    return (epoch // sample_every + 1) * sample_every
+
+
+def render_epoch(trainer: WGANTrainer, data: TrainingData, samples_dir: str,
+                 history: list[dict[str, Any]], run_id: str | None = None,
+                 per_class: int = 4, griffin_lim_iters: int = 32) -> dict[str, Any]:
+    """Render the fixed latent grid with the EMA generator, then log the samples folder
+    (grid PNG, wavs, loss curve, gallery) to the MLflow run."""
+    paths = render_samples.fn(
+        trainer.ema_generator, data.classes, data.mel,
+        Normaliser(torch.from_numpy(data.mean), torch.from_numpy(data.std)),
+        out_dir=samples_dir, epoch=trainer.epoch, per_class=per_class,
+        griffin_lim_iters=griffin_lim_iters, history=history)
+    if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
+        create_markdown_artifact(markdown=render_markdown(paths), key="render-samples",
+                                 description=f"rendered samples, epoch {trainer.epoch}")
+    if run_id:
+        tracking.log_artifacts(run_id, samples_dir, "samples")
+    return paths
+
+
 # --- export and registration ---------------------------------------------------------------
 
 def export_bundle(trainer: WGANTrainer, data: TrainingData, out_dir: str,
@@ -301,3 +333,4 @@ prepare_trainer_task = task(prepare_trainer, name="prepare-trainer", cache_polic
 train_block_task = task(train_block, name="train-epochs", cache_policy=NO_CACHE)
 export_bundle_task = task(export_bundle, name="export-bundle", cache_policy=NO_CACHE)
 register_model_task = task(register_model, name="register-model", cache_policy=NO_CACHE)
+render_epoch_task = task(render_epoch, name="render-samples", cache_policy=NO_CACHE)

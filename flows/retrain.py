@@ -76,7 +76,8 @@ def retrain(data_dir: str = DEMO_DATA_DIR, store: str = STORE, preset: str = DEM
             seed: int = 0, checkpoint_dir: str = CHECKPOINT_DIR, checkpoint_every: int = 10,
             sample_every: int = 20, samples_dir: str = SAMPLES_DIR, render_per_class: int = 4,
             eval_per_class: int = 32, eval_seed: int = 20240, eval_ceilings: bool = False,
-            device: str = "auto", precompute_workers: int | None = None) -> dict[str, Any]:
+            device: str = "auto", precompute_workers: int | None = None,
+            show_progress: bool = False) -> dict[str, Any]:
     """Bring the registered model up to date with the data in `data_dir`.
 
     Trains only when the store's content is new to the registry (or `force`); from scratch,
@@ -84,6 +85,7 @@ def retrain(data_dir: str = DEMO_DATA_DIR, store: str = STORE, preset: str = DEM
     version takes `@champion` only when its `metric` (scored on this store, as is the
     champion's) is better by more than `margin`; otherwise it becomes `@candidate`.
     Returns a summary; `skipped: True` with the reason when there was nothing to do.
+    `show_progress` prints one line per epoch (for the CLI's `audio-wgan run`).
     """
     _check(epochs, margin, demo_clips_per_class, eval_per_class, render_per_class)
     log = get_run_logger()
@@ -96,7 +98,8 @@ def retrain(data_dir: str = DEMO_DATA_DIR, store: str = STORE, preset: str = DEM
     plan = plan_training_task(model_name, pre["fingerprint"], force)
     base = {"model_name": model_name, "store": store, "data_dir": data_dir,
             "fingerprint": pre["fingerprint"], "rows": pre["rows"],
-            "store_changed": pre["changed"], "demo": demo_info, "plan": plan}
+            "store_changed": pre["changed"], "classes": list(pre["classes"]),
+            "demo": demo_info, "plan": plan}
     if not plan["train"]:
         log.info("retrain: nothing to do: %s", plan["reason"])
         champ = f"v{plan['champion']}" if plan["champion"] is not None else "none"
@@ -118,7 +121,7 @@ def retrain(data_dir: str = DEMO_DATA_DIR, store: str = STORE, preset: str = DEM
                     resume=True, warm_start=ckpt["start"] == "warm-start",
                     model_name=model_name, experiment=experiment, register=False,
                     checkpoint_every=checkpoint_every, sample_every=sample_every,
-                    device=device)
+                    device=device, show_progress=show_progress)
     run_id = trained["run_id"]
 
     out = f"{samples_dir}/{model_name}-{run_id[:12]}"

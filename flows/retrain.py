@@ -11,6 +11,7 @@ from its last checkpoint on the next run (one checkpoint folder per store conten
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -116,17 +117,23 @@ def retrain(data_dir: str = DEMO_DATA_DIR, store: str = STORE, preset: str = DEM
                                        warm_start, champion, stamp)
     log.info("retrain: %s into %s (to epoch %d%s)", ckpt["note"], ckpt["checkpoint_dir"],
              ckpt["target_epochs"], ", resuming" if ckpt["resumed"] else "")
+    # one gallery per checkpoint folder: a resumed training keeps adding epochs to it
+    out = str(Path(samples_dir) / Path(ckpt["checkpoint_dir"]).name)
     trained = train(store=store, preset=preset, epochs=ckpt["target_epochs"],
                     batch_size=batch_size, seed=seed, checkpoint_dir=ckpt["checkpoint_dir"],
                     resume=True, warm_start=ckpt["start"] == "warm-start",
                     model_name=model_name, experiment=experiment, register=False,
                     checkpoint_every=checkpoint_every, sample_every=sample_every,
-                    device=device, show_progress=show_progress)
+                    device=device, show_progress=show_progress, samples_dir=out,
+                    render_per_class=render_per_class)
     run_id = trained["run_id"]
 
-    out = f"{samples_dir}/{model_name}-{run_id[:12]}"
-    samples = render_bundle_task(trained["bundle"], out, trained["epoch"], render_per_class)
-    log_samples_task(run_id, samples["samples_dir"])
+    # train renders every sample_every epochs and at the end (and logs it to the run); only
+    # a run that had nothing left to train renders the exported model here
+    samples = trained.get("samples")
+    if not samples:
+        samples = render_bundle_task(trained["bundle"], out, trained["epoch"], render_per_class)
+        log_samples_task(run_id, samples["samples_dir"])
 
     new_eval = evaluate_model_task(trained["bundle"], store, eval_per_class, eval_seed,
                                    eval_ceilings, metric)

@@ -197,3 +197,27 @@ def test_retrain_rejects_bad_parameters_before_any_work(tmp_path: Path, mlflow_u
     with pytest.raises(RetrainError, match="epochs must be at least 1"):
         retrain(data_dir=str(tmp_path / "d"), store=str(tmp_path / "s.zarr"), epochs=0)
     assert not (tmp_path / "d").exists() and not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.integration
+def test_retrain_that_died_after_training_registers_without_retraining(
+        tmp_path: Path, mlflow_uri: str, prefect_harness: None) -> None:
+    """Training finished but nothing got registered (say the process died while
+    evaluating): the next run resumes the finished checkpoint, trains no epoch, renders and
+    registers it."""
+    from flows.retrain import retrain
+
+    params = {"data_dir": str(tmp_path / "demo"), "store": str(tmp_path / "mels.zarr"),
+              "preset": "tiny", "epochs": 1, "mel": TINY_MEL, "demo": True,
+              "demo_clips_per_class": 3, "checkpoint_dir": str(tmp_path / "ckpt"),
+              "samples_dir": str(tmp_path / "s"), "batch_size": 16, "eval_per_class": 4,
+              "render_per_class": 1, "device": "cpu"}
+    first = retrain(**params)
+    registry.client().delete_model_version("audio-wgan", str(first["version"]))  # "lost"
+
+    again = retrain(**params)
+    assert not again["skipped"] and "no version" in again["reason"]
+    assert again["start"]["mode"] == "resume" and again["epochs_trained"] == 0
+    assert again["checkpoint_dir"] == first["checkpoint_dir"]
+    assert again["decision"] == CHAMPION and again["value"] == pytest.approx(first["value"])
+    assert Path(again["gallery"]).is_file()

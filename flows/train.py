@@ -24,6 +24,7 @@ from tasks.train import (
     prepare_trainer_task,
     register_model_task,
     render_epoch_task,
+    set_cpu_threads,
     start_progress,
     train_block_task,
 )
@@ -60,6 +61,7 @@ class TrainParams(BaseModel):
     show_progress: bool = False
     samples_dir: str | None = None
     render: bool = True
+    cpu_threads: int = Field(1, ge=0, le=1024)
     render_per_class: int = Field(4, ge=1, le=64)
     griffin_lim_iters: int = Field(32, ge=1, le=1000)
 
@@ -92,15 +94,20 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
           lr: float = 1e-4, n_critic: int = 5, gp_weight: float = 10.0,
           ema_decay: float = 0.999, amp: bool | None = None, bundle_dir: str | None = None,
           show_progress: bool = False, samples_dir: str | None = None, render: bool = True,
-          render_per_class: int = 4, griffin_lim_iters: int = 32) -> dict[str, Any]:
+          render_per_class: int = 4, griffin_lim_iters: int = 32,
+          cpu_threads: int = 1) -> dict[str, Any]:
     """Train (or resume) to `epochs`, register the EMA generator; return a summary dict.
 
     Every `sample_every` epochs and at the end, the fixed latent grid is rendered with the EMA
     generator into `samples_dir` (default: `samples/` beside the checkpoint folder, as in the
     seed's layout) and logged to the MLflow run; `render=False` turns rendering off.
+    `cpu_threads` is torch's intra-op thread count when training on the CPU (0: torch's
+    default). One thread is the default because these small convolutions gain little from
+    a second OpenMP thread and lose up to 4x when the cores are shared (BENCHMARKS.md).
     """
     p = validate_params(dict(locals()))
     cfg = p.train_config()
+    set_cpu_threads(cfg.device, p.cpu_threads)
     data = load_data_task(p.store, p.batch_size, p.seed, p.memory_budget_mb)
     trainer, start = prepare_trainer_task(cfg, data, p.checkpoint_dir, p.resume, p.warm_start)
     meta = checkpoint_meta(data, cfg)

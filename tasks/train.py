@@ -120,6 +120,13 @@ def open_training_data(store: str, batch_size: int, seed: int,
                               "resident": resident, "bytes_float32": resident_bytes(ms)})
 
 
+def set_cpu_threads(device: str, threads: int) -> None:
+    """Pin torch's intra-op threads for CPU training (0 leaves torch's default)."""
+    if threads > 0 and not (device.startswith("cuda") or
+                            (device == "auto" and torch.cuda.is_available())):
+        torch.set_num_threads(threads)
+
+
 # --- trainer set-up and resume -------------------------------------------------------------
 
 @dataclass

@@ -54,6 +54,10 @@ def test_prefect_yaml_declares_the_deployments() -> None:
         assert (ROOT / path).is_file() and fn == flow_fn
         assert d["work_pool"]["name"] == POOL
         assert d["pull"][0] == {"flows.deploy_steps.set_project_root": {}}
+    from flows.defaults import DEMO_DATA_DIR, DEMO_MEL, STORE
+
+    pre = deps[("precompute", "demo")]["parameters"]
+    assert pre == {"data_dir": DEMO_DATA_DIR, "store": STORE, "mel": DEMO_MEL}  # no drift
     weekly = deps[("retrain", "weekly")]
     (sched,) = weekly["schedules"]
     assert sched["cron"] == "0 3 * * 1" and sched["timezone"] == "UTC"

@@ -299,7 +299,8 @@ class MelStoreWriter:
         """Trim uncommitted rows, refresh statistics and attributes, consolidate metadata."""
         self.commit()
         rows = self.manifest.rows
-        if self._mels.shape[0] != rows:
+        resized = self._mels.shape[0] != rows
+        if resized:
             for arr in self._arrays:
                 arr.resize((rows, *arr.shape[1:]))
         fp = self.manifest.fingerprint()
@@ -313,8 +314,8 @@ class MelStoreWriter:
         _fault_point("finalize")
         changed = self.commit()
         attrs = self._group.attrs.asdict()
-        if changed or attrs.get("fingerprint") != fp or "mel" not in attrs:
-            self._write_attrs(fp)
+        if changed or resized or attrs.get("fingerprint") != fp or "mel" not in attrs:
+            self._write_attrs(fp)  # and re-consolidate, so other Zarr readers see the shapes
         return {"fingerprint": fp, "rows": self.manifest.live_rows(),
                 "stored_rows": rows}
 

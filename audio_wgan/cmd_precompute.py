@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mel.add_argument("--split-hop-frames", type=int, metavar="N",
                      help="hop between split examples (default: one example, no overlap)")
     p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: cores)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N",
-                   help="files per write batch; bounds memory (default 64)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N",
+                   help="files per write batch, at most 32 MB of rows (default 256)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 

@@ -13,6 +13,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from tasks.precompute import (
+    DEFAULT_BATCH_FILES,
     check_params,
     compute_and_append,
     finalize_store,
@@ -25,7 +26,7 @@ from tasks.precompute import (
 
 @flow(name="precompute")
 def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
-               batch_size: int = 64, workers: int | None = None) -> dict[str, Any]:
+               batch_size: int = DEFAULT_BATCH_FILES, workers: int | None = None) -> dict[str, Any]:
     """Scan DATA_DIR/<class>/**, compute log-mels of new/changed clips, update STORE.
 
     `mel` overrides MelConfig fields (a new store starts from the defaults; an existing

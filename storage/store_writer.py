@@ -56,6 +56,9 @@ PAD_POLICIES = ("zero-end",)
 # 1.78x / 8.8x at ~360 MB/s; level 3 gains 4-5% size at 2.5x the encoding time, and bit
 # shuffle is both larger and slower to decode. Precompute is CPU bound, so level 1.
 MEL_CLEVEL = 1
+# Blosc splits a chunk into blocks compressed separately; 1 MiB blocks (a whole chunk) encode
+# 1.4x (FSDD) / 1.6x (ESC-10) faster than Blosc's automatic size and compress 6-9% smaller.
+MEL_BLOCKSIZE = 1 << 20
 SUMS_CHUNK_ROWS = 256  # 512 KiB at 128 mels
 KILL_ENV = "AUDIO_WGAN_KILL_AT"  # test hook: "<point>:<n>" SIGKILLs at the n-th pass
 
@@ -355,7 +358,8 @@ def _create_layout(p: Path, cfg: MelConfig) -> zarr.Group:
     group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
                         "manifest": MANIFEST_FILE})
     rpc = rows_per_chunk(cfg)
-    blosc = BloscCodec(cname="zstd", clevel=MEL_CLEVEL, shuffle="shuffle")
+    blosc = BloscCodec(cname="zstd", clevel=MEL_CLEVEL, shuffle="shuffle",
+                       blocksize=MEL_BLOCKSIZE)
     group.create_array(MELS, shape=(0, cfg.n_mels, cfg.frames), chunks=(rpc, cfg.n_mels,
                        cfg.frames), dtype="float16", compressors=blosc, fill_value=0,
                        overwrite=True)

@@ -221,10 +221,18 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def features(self, wave: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(float16 dB mels (K, n_mels, frames), offsets (K,))."""
+        """(float16 dB mels (K, n_mels, frames), offsets (K,)).
+
+        Rounded to float16 by torch: numpy's conversion is ~7x slower here.
+        """
         segs, offsets = segment(wave, self.cfg)
-        db = self.logmel(segs)
-        return db.numpy().astype(np.float16), np.asarray(offsets, dtype=np.int64)
+        return self.logmel(segs).half().numpy(), np.asarray(offsets, dtype=np.int64)
+
+    def features_and_sums(self, wave: torch.Tensor
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`features` plus their `mel_sums` (float64 (K, 2, n_mels)), for the statistics."""
+        mels, offsets = self.features(wave)
+        return mels, offsets, mel_sums(mels)
 
     def extract(self, abs_path: str, path: str, class_name: str, size: int, mtime_ns: int,
                 known_hash: str | None = None) -> Extracted:
@@ -247,8 +255,8 @@ class FeatureExtractor:
             if (after.st_size, after.st_mtime_ns) != (out.size, out.mtime_ns):
                 raise ClipRejected("file changed while being read; run precompute again")
             out.samples = int(wave.shape[-1])
-            out.mels, out.offsets = self.features(wave)
-            out.sums = mel_sums(out.mels)  # here, in the worker thread, not the writer
+            # sums here, in the worker thread, not in the writer
+            out.mels, out.offsets, out.sums = self.features_and_sums(wave)
         except FileNotFoundError:
             out.status = "vanished"
         except ClipRejected as exc:

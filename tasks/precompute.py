@@ -1,9 +1,10 @@
 """Prefect tasks of the precompute flow: scan, open the store, compute + append, finish.
 
 Each task does one job and is testable with `.fn()`. The heavy task runs files through a
-thread pool (decode, resample and mel release the GIL) in batches of `batch_size` files,
-appending and committing each batch, so memory is bounded by a few batches, not the data set,
-and an interrupted run loses at most the batch in flight.
+thread pool (decode, resample and mel release the GIL), appending and committing one batch
+of results while the workers go on with the next files, so memory is bounded by a batch and
+the files in flight (both capped in bytes), not the data set, and an interrupted run loses
+at most the batch in flight.
 """
 
 from __future__ import annotations
@@ -36,20 +37,30 @@ from tasks.source_scan import (
     Plan,
     PrecomputeError,
     ScanResult,
-    SourceFile,
     plan_changes,
     scan_data_dir,
 )
 
 __all__ = [
-    "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock", "check_params",
+    "DEFAULT_BATCH_FILES", "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock",
+    "check_params",
     "compute_and_append",
     "finalize_store", "open_store", "progress_listener", "publish_summary",
     "raise_if_unusable", "scan_sources",
 ]
 
 
-PREFETCH = 2  # batches in flight besides the one being written: memory ~ 3 batches
+# A batch (one append + manifest commit) is DEFAULT_BATCH_FILES files or BATCH_BYTES of
+# rows, whichever comes first: fewer, larger appends cut Zarr's per-call work (index chunks
+# rewritten, manifest commits). Files in flight are capped by IN_FLIGHT_BYTES of rows (the
+# rows per file are learnt as the run goes), so memory is bounded by these two constants,
+# not by the data set, even for long clips that split into many rows.
+DEFAULT_BATCH_FILES = 256
+BATCH_BYTES = 32 << 20
+IN_FLIGHT_BYTES = 64 << 20
+TAIL_BATCH_BYTES = 2 << 20
+MIN_IN_FLIGHT = 4  # per worker
+MAX_IN_FLIGHT = 512
 
 
 class NoUsableClipsError(PrecomputeError):
@@ -176,10 +187,12 @@ class ComputeResult:
 
 @task(name="compute-and-append", retries=1, retry_delay_seconds=2,
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
-def compute_and_append(writer: MelStoreWriter, scan: ScanResult, batch_size: int = 64,
+def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
+                       batch_size: int = DEFAULT_BATCH_FILES,
                        workers: int | None = None) -> ComputeResult:
     """Diff the scan against the manifest (new, changed by size/mtime, unchanged, removed),
-    then decode + resample + mel every file to do, appending and committing per batch."""
+    then decode + resample + mel every file to do, appending and committing per batch
+    (`batch_size` files or BATCH_BYTES of rows, whichever comes first)."""
     if batch_size <= 0:
         raise PrecomputeError(f"batch size must be positive, not {batch_size}")
     workers = int(workers or default_workers())
@@ -192,26 +205,54 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult, batch_size: int
         if writer.remove([path]):
             res.removed.append(path)
     extractor = FeatureExtractor(writer.mel_config)
-    todo = plan.todo
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    progress = _Progress(len(todo))
+    todo = iter(plan.todo)
+    progress = _Progress(len(plan.todo))
+    window: deque[Future[Extracted]] = deque()
+    batch: list[Extracted] = []
+    batch_bytes = done_bytes = done_files = submitted = 0
+    total = len(plan.todo)
     with ThreadPoolExecutor(workers, thread_name_prefix="precompute") as pool, \
             _torch_threads(1):
 
-        def submit(batch: list[SourceFile]) -> list[Future[Extracted]]:
-            return [pool.submit(extractor.extract, f.abs_path, f.path, f.class_name, f.size,
-                                f.mtime_ns, plan.known_hash.get(f.path)) for f in batch]
+        def cap_now() -> int:
+            # files in flight: enough to keep every worker busy while a batch is written,
+            # few enough that their rows stay within IN_FLIGHT_BYTES (per-file size learnt)
+            per_file = done_bytes / done_files if done_files else 0
+            cap = int(IN_FLIGHT_BYTES // per_file) if per_file else 4 * MIN_IN_FLIGHT * workers
+            return min(max(MIN_IN_FLIGHT * workers, cap), MAX_IN_FLIGHT)
 
-        # keep PREFETCH batches queued so the pool never waits while a batch is written
-        queue = deque(submit(b) for b in batches[:PREFETCH])
-        for i in range(len(batches)):
-            current = queue.popleft()
-            if i + PREFETCH < len(batches):
-                queue.append(submit(batches[i + PREFETCH]))
-            _apply(writer, [f.result() for f in current], res)
-            writer.commit(force=False)
-            res.processed += len(current)
-            progress.update(res.processed, writer.live_rows(), final=i + 1 == len(batches))
+        def refill() -> None:
+            cap = cap_now()
+            while len(window) < cap:
+                f = next(todo, None)
+                if f is None:
+                    return
+                window.append(pool.submit(extractor.extract, f.abs_path, f.path,
+                                          f.class_name, f.size, f.mtime_ns,
+                                          plan.known_hash.get(f.path)))
+                nonlocal submitted
+                submitted += 1
+
+        refill()
+        while window:
+            out = window.popleft().result()
+            nbytes = out.mels.nbytes if out.mels is not None else 0
+            batch.append(out)
+            batch_bytes += nbytes
+            done_bytes += nbytes
+            done_files += 1
+            refill()
+            # near the end, write as soon as the batch holds as much as is still to come:
+            # batches shrink geometrically, and little is left to write (serially, while
+            # the workers idle) once the last file is done
+            to_come = (len(window) + total - submitted) * done_bytes / done_files
+            tail = batch_bytes >= max(TAIL_BATCH_BYTES, to_come)
+            if len(batch) >= batch_size or batch_bytes >= BATCH_BYTES or tail or not window:
+                _apply(writer, batch, res)
+                writer.commit(force=False)
+                res.processed += len(batch)
+                batch, batch_bytes = [], 0
+                progress.update(res.processed, writer.live_rows(), final=not window)
     writer.commit()
     res.seconds = time.perf_counter() - t0
     return res

@@ -86,8 +86,9 @@ def test_stats_float64_over_stored_values(tmp_path: Path, files: list[NewFile]) 
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2)), rtol=1e-6)
     np.testing.assert_allclose(std, x.std(axis=(0, 2)), rtol=1e-5)
     full_mean, full_std, n = st.compute_stats_full()  # a pass over every mel agrees
-    np.testing.assert_allclose(st.compute_stats()[0], full_mean, rtol=1e-10)
-    np.testing.assert_allclose(st.compute_stats()[1], full_std, rtol=1e-8)
+    # per-row sums are float32 over one row's frames, totals float64: ~1e-7 relative
+    np.testing.assert_allclose(st.compute_stats()[0], full_mean, rtol=1e-7)
+    np.testing.assert_allclose(st.compute_stats()[1], full_std, rtol=1e-6)
     assert n == st.compute_stats()[2] == 51 * 24
     # a store whose statistics are stale (interrupted run) computes them on the fly
     doc = json.loads((tmp_path / "s" / "manifest.json").read_text())

@@ -165,3 +165,53 @@ def test_store_inside_data_dir_and_bad_knobs(data: Path) -> None:
     s = run(data, data / "mels.zarr")  # the store is not mistaken for a class folder
     assert "mels.zarr" not in s["classes"] and s["empty_classes"] == []
     assert run(data, data / "mels.zarr")["processed_files"] == 0
+
+
+def test_batches_and_files_in_flight_are_bounded_in_bytes(
+        tmp_path: Path, write_tone: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appends stay within BATCH_BYTES (plus one file), files in flight within
+    IN_FLIGHT_BYTES once the rows per file are known, and the last batches shrink so that
+    little is written after the last file; the content equals one-file batches."""
+    import tasks.precompute as tp
+    from storage.store_writer import MelStoreWriter
+    from tasks.audio_features import FeatureExtractor
+
+    root = tmp_path / "data"
+    for i in range(40):  # 1 s at 8 kHz: 4 rows of 32x32 float16 (2 KiB each) per file
+        write_tone(f"c{i % 2}/t{i:02d}.wav", seconds=1.0, sr=8000, freq=200 + 20 * i,
+                   root=root)
+    row, per_file = 32 * 32 * 2, 4 * 32 * 32 * 2
+    monkeypatch.setattr(tp, "BATCH_BYTES", 5 * per_file)
+    monkeypatch.setattr(tp, "TAIL_BATCH_BYTES", per_file)
+    monkeypatch.setattr(tp, "IN_FLIGHT_BYTES", 6 * per_file)
+    monkeypatch.setattr(tp, "MIN_IN_FLIGHT", 1)
+    appended: list[int] = []
+    in_flight: list[int] = []  # files started but not yet appended, at each append
+    orig_append = MelStoreWriter.append
+
+    def append(self: MelStoreWriter, items: list) -> int:
+        n = orig_append(self, items)
+        appended.append(n)
+        in_flight.append(len(started) - sum(appended) // 4)
+        return n
+
+    started: list[str] = []
+    orig_extract = FeatureExtractor.extract
+
+    def extract(self: FeatureExtractor, abs_path: str, path: str, *a: object) -> object:
+        started.append(path)
+        return orig_extract(self, abs_path, path, *a)
+
+    monkeypatch.setattr(MelStoreWriter, "append", append)
+    monkeypatch.setattr(FeatureExtractor, "extract", extract)
+    s = run(root, tmp_path / "s", batch_size=1000, workers=2)
+    assert s["rows"] == 160 and sum(appended) == 160
+    assert max(appended) * row <= 5 * per_file + per_file
+    assert appended[-1] < appended[0]  # the tail is written in smaller pieces
+    assert max(in_flight[1:]) <= 6  # IN_FLIGHT_BYTES / bytes per file
+    assert len(started) == 40  # each file computed once
+    monkeypatch.undo()
+    ref = run(root, tmp_path / "ref", batch_size=1, workers=1)
+    assert ref["fingerprint"] == s["fingerprint"]
+    np.testing.assert_array_equal(MelStore.open(tmp_path / "s").load()[0],
+                                  MelStore.open(tmp_path / "ref").load()[0])

@@ -14,6 +14,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from gan.spectral import MelInverter
 from storage.model_bundle import GeneratorBundle, load_bundle_dir, synthesise
@@ -59,6 +60,15 @@ class AudioWGANModel(mlflow.pyfunc.PythonModel):
     # model (storage.registry.model_signature) is the contract; lists of dicts work too
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """One row per clip. Bad requests raise MlflowException(INVALID_PARAMETER_VALUE):
+        the scoring server then answers 400 with our one-line reason in its message, where
+        any other exception becomes a generic "unexpected error"."""
+        try:
+            return self._predict(model_input)
+        except (ValueError, TypeError) as exc:
+            raise MlflowException.invalid_parameter_value(str(exc)) from exc
+
+    def _predict(self, model_input: Any) -> pd.DataFrame:
         out: list[dict[str, Any]] = []
         for req in _requests(model_input):
             name = req.get("class")

@@ -104,8 +104,7 @@ def test_champion_is_served_by_mlflow_scoring_server(served_champion: str) -> No
 
     status, err = _post(url, {"dataframe_records": [{"class": "meow", "count": 1}]})
     assert 400 <= status < 500, (status, err)
-    # MLflow wraps any error from predict in its own one-line message; the model's own
-    # one-line reason travels in the response's stack_trace
-    message = err.get("message", "")
-    assert message and "\n" not in message.strip(), message
-    assert "unknown class 'meow'" in err.get("stack_trace", ""), err
+    # a bad request is a 400 whose message ends with the model's one-line reason
+    assert status == 400 and err.get("error_code") == "INVALID_PARAMETER_VALUE", err
+    reason = err.get("message", "").strip().splitlines()[-1]
+    assert reason.startswith("Error: unknown class 'meow'; the model knows"), err

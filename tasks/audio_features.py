@@ -226,7 +226,18 @@ class FeatureExtractor:
         Rounded to float16 by torch: numpy's conversion is ~7x slower here.
         """
         segs, offsets = segment(wave, self.cfg)
-        return self.logmel(segs).half().numpy(), np.asarray(offsets, dtype=np.int64)
+        s, t = segs.shape[-1], int(wave.shape[-1])
+        padded = [k for k, o in enumerate(offsets) if t - o < s]
+        if not padded:
+            db = self.logmel(segs)
+        else:  # a zero-padded example skips the frames that only see its zeros
+            full = [k for k in range(len(offsets)) if k not in padded]
+            db = torch.empty(len(offsets), self.cfg.n_mels, self.cfg.frames)
+            if full:
+                db[full] = self.logmel(segs[full])
+            for k in padded:
+                db[k] = self.logmel.zero_tail(segs[k], t - offsets[k])
+        return db.half().numpy(), np.asarray(offsets, dtype=np.int64)
 
     def features_and_sums(self, wave: torch.Tensor
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

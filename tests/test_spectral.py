@@ -28,3 +28,32 @@ def test_logmel_matches_torchaudio(cfg: MelConfig) -> None:
     torch.testing.assert_close(LogMel(cfg)(wave[None]), want[None], rtol=0, atol=1e-3)
     torch.testing.assert_close(LogMel(cfg)(wave[0]), want[0], rtol=0, atol=1e-3)
     assert LogMel(cfg).state_dict().keys() == {"mel.spectrogram.window", "mel.mel_scale.fb"}
+
+
+@pytest.mark.parametrize("cfg", [MelConfig(), MelConfig(sample_rate=8000, n_fft=256,
+                                                       hop_length=64, n_mels=32, frames=32)])
+def test_zero_tail_skips_only_frames_that_see_zeros(cfg: MelConfig) -> None:
+    lm = LogMel(cfg)
+    s, half = cfg.segment_samples, cfg.n_fft // 2
+    g = torch.Generator().manual_seed(1)
+    for real in (cfg.n_fft, half + 3, s // 3, s - half - 1, s - half, s - 1, s):
+        wave = torch.zeros(s)
+        wave[:real] = torch.randn(real, generator=g) * 0.1
+        got, want = lm.zero_tail(wave, real), lm(wave[None])[0]
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+        assert torch.equal(got.half(), want.half())  # what the store keeps
+
+
+def test_feature_extractor_rows_equal_logmel_of_each_example() -> None:
+    from tasks.audio_features import FeatureExtractor, segment
+
+    cfg = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, frames=32)
+    ex = FeatureExtractor(cfg)
+    g = torch.Generator().manual_seed(2)
+    for n in (300, 1984, 1984 * 2 + 1500, 1984 * 3):  # padded, exact, split + tail, split
+        wave = torch.randn(n, generator=g) * 0.1
+        mels, offsets = ex.features(wave)
+        segs, offs = segment(wave, cfg)
+        assert list(offsets) == offs
+        want = LogMel(cfg)(segs).half().numpy()
+        assert mels.dtype == want.dtype and (mels == want).all()

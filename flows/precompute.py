@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow
 from prefect.utilities.annotations import quote
 
+import flows  # noqa: F401 - the package applies flows.prefect_heartbeat (worker entrypoint)
 from tasks.precompute import (
     DEFAULT_BATCH_FILES,
     check_params,

@@ -43,3 +43,23 @@ def test_flow_run_still_sends_its_heartbeat() -> None:
         state = client.read_flow_run(run_id).state
     assert events, "no heartbeat event recorded for the flow run"
     assert state is not None and state.is_completed()
+
+
+@pytest.mark.parametrize("entrypoint", ["flows/precompute.py:precompute", "flows/train.py:train",
+                                        "flows/render.py:render", "flows/retrain.py:retrain"])
+def test_worker_entrypoints_install_the_patch(entrypoint: str) -> None:
+    """A worker loads a deployment's entrypoint as a script, not as part of `flows`: each
+    flow module must still bring the patch in (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; from prefect.flows import load_flow_from_entrypoint; "
+            "load_flow_from_entrypoint(sys.argv[1]); "
+            "from prefect import flow_engine; "  # not via `flows`: importing it patches
+            f"print(getattr(flow_engine._send_heartbeats, {prefect_heartbeat._MARK!r}, False))")
+    out = subprocess.run([sys.executable, "-c", code, entrypoint], cwd=root, text=True,
+                         capture_output=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"

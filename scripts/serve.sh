@@ -162,5 +162,8 @@ while true; do
       exit 1
     fi
   done
-  sleep 2
+  # `wait` returns at once when a trapped signal arrives (a foreground `sleep` would defer
+  # the INT trap until it ends, and bash may then treat the INT as handled by the child)
+  sleep 2 &
+  wait $! 2>/dev/null || true
 done

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -166,7 +167,12 @@ def test_serve_script_starts_and_stops_everything(tmp_path: Path) -> None:
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "AUDIO_WGAN_LOG_DIR": str(tmp_path / "logs"),
     })
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "serve.sh")], cwd=ROOT, env=env,
+    # SIGINT back to its default first: a shell cannot trap a signal that was ignored when
+    # it started, and a test run launched in the background (`cmd &`) ignores SIGINT
+    launcher = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "os.execvp('bash', ['bash', sys.argv[1]])")
+    proc = subprocess.Popen([sys.executable, "-c", launcher, str(ROOT / "scripts" / "serve.sh")],
+                            cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     seen: list[str] = []

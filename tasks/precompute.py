@@ -26,12 +26,12 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
 from storage.store_lock import StoreLock
 from storage.store_writer import MelStoreWriter, NewFile
 from tasks.audio_features import Extracted, FeatureExtractor
+from tasks.run_context import in_prefect_run
 from tasks.source_scan import (
     DataDirError,
     Plan,
@@ -99,14 +99,6 @@ def progress_listener(fn: Callable[[dict[str, Any]], None]) -> Iterator[None]:
         _listeners.remove(fn)
 
 
-def _in_prefect_run() -> bool:
-    try:
-        get_run_context()
-        return True
-    except MissingContextError:
-        return False
-
-
 class _Progress:
     """Prefect progress artifact (inside a run) plus in-process listeners.
 
@@ -121,7 +113,7 @@ class _Progress:
         self.t0 = time.perf_counter()
         self.last = self.last_artifact = self.t0
         self.artifact = None
-        if _in_prefect_run() and total:
+        if in_prefect_run() and total:
             with contextlib.suppress(Exception):  # progress must never fail the run
                 self.artifact = create_progress_artifact(
                     0.0, key="precompute-progress", description=f"{total} files to process")
@@ -209,7 +201,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     progress = _Progress(len(plan.todo))
     window: deque[Future[Extracted]] = deque()
     batch: list[Extracted] = []
-    batch_bytes = done_bytes = done_files = submitted = 0
+    batch_bytes = done_bytes = done_files = 0
     total = len(plan.todo)
     with ThreadPoolExecutor(workers, thread_name_prefix="precompute") as pool, \
             _torch_threads(1):
@@ -230,8 +222,6 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
                 window.append(pool.submit(extractor.extract, f.abs_path, f.path,
                                           f.class_name, f.size, f.mtime_ns,
                                           plan.known_hash.get(f.path)))
-                nonlocal submitted
-                submitted += 1
 
         refill()
         while window:
@@ -245,7 +235,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
             # near the end, write as soon as the batch holds as much as is still to come:
             # batches shrink geometrically, and little is left to write (serially, while
             # the workers idle) once the last file is done
-            to_come = (len(window) + total - submitted) * done_bytes / done_files
+            to_come = (total - done_files) * done_bytes / done_files  # in flight + not yet sent
             tail = batch_bytes >= max(TAIL_BATCH_BYTES, to_come)
             if len(batch) >= batch_size or batch_bytes >= BATCH_BYTES or tail or not window:
                 _apply(writer, batch, res)

@@ -15,9 +15,9 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext, TaskRunContext
 
 from storage import registry
+from tasks.run_context import in_prefect_run
 
 CHAMPION = registry.CHAMPION
 CANDIDATE = registry.CANDIDATE
@@ -124,10 +124,6 @@ def decision_markdown(result: dict[str, Any]) -> str:
         f"{fmt(result.get('champion_value'))} |\n")
 
 
-def _in_prefect_run() -> bool:
-    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
-
-
 def promote(model_name: str, version: int, value: float | None,
             champion_version: int | None, champion_value: float | None,
             metric: str = "frechet_distance", lower_is_better: bool = True,
@@ -137,7 +133,7 @@ def promote(model_name: str, version: int, value: float | None,
     decision = decide(value, champion_version, champion_value, metric, lower_is_better, margin,
                       champion_note, value_note)
     result = apply_decision(model_name, version, decision, metric, champion_version)
-    if _in_prefect_run():
+    if in_prefect_run():
         create_markdown_artifact(markdown=decision_markdown(result), key="promotion",
                                  description=f"{model_name} v{version}: {decision.alias}")
     return result

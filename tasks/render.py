@@ -23,7 +23,6 @@ import torch
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext, TaskRunContext
 
 from gan.models import Generator
 from gan.sampling import fixed_grid, mels_to_audio, sample_db
@@ -39,6 +38,7 @@ from tasks.gallery import (
     write_gallery,
 )
 from tasks.plots import db_limits, plot_loss_curve, plot_mel_grid, save_mel_thumbnail
+from tasks.run_context import in_prefect_run
 
 DEFAULT_SEED = 1234
 DEFAULT_GRIFFIN_LIM_ITERS = 32
@@ -151,10 +151,6 @@ def render_markdown(paths: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _in_prefect_run() -> bool:
-    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
-
-
 @task(name="render-samples", cache_policy=NO_CACHE)
 def render_samples(generator_or_bundle: Generator | GeneratorBundle,
                    class_names: Sequence[str] | None = None, mel_cfg: MelConfig | None = None,
@@ -169,7 +165,7 @@ def render_samples(generator_or_bundle: Generator | GeneratorBundle,
     with torch.no_grad():
         paths = render(generator_or_bundle, class_names, mel_cfg, normaliser, out_dir, epoch,
                        per_class, seed, griffin_lim_iters, history)
-    if _in_prefect_run():
+    if in_prefect_run():
         create_markdown_artifact(markdown=render_markdown(paths), key="render-samples",
                                  description=f"rendered samples, epoch {epoch}")
     return paths

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 import torchaudio
 
-DB_FLOOR = 1e-10  # power floor before log: -100 dB
+DB_FLOOR = 1e-10  # power floor before log
+DB_FLOOR_DB = -100.0  # the same floor in dB: 10 * log10(DB_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -89,17 +90,18 @@ class LogMel(torch.nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """torchaudio's MelSpectrogram, computed ~1.8x faster on one CPU thread: |X|^2 as
         re^2 + im^2 (no hypot/sqrt/pow), and one matmul without transposed copies."""
-        cfg = self.cfg
         x = wave.float()
         lead = x.shape[:-1]
-        spec = torch.stft(x.reshape(-1, x.shape[-1]), cfg.n_fft, hop_length=cfg.hop_length,
-                          win_length=cfg.n_fft, window=self.mel.spectrogram.window,
-                          center=True, pad_mode="reflect", normalized=False, onesided=True,
-                          return_complex=True)
-        db = self._db(spec)
+        db = self._db(x.reshape(-1, x.shape[-1]), center=True)
         return db.reshape(*lead, *db.shape[-2:])
 
-    def _db(self, spec: torch.Tensor) -> torch.Tensor:
+    def _db(self, x: torch.Tensor, center: bool) -> torch.Tensor:
+        """(B, T) -> (B, n_mels, F) dB; `center` pads by reflection as MelSpectrogram does."""
+        cfg = self.cfg
+        spec = torch.stft(x, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.n_fft,
+                          window=self.mel.spectrogram.window, center=center,
+                          pad_mode="reflect", normalized=False, onesided=True,
+                          return_complex=True)
         power = spec.real.square() + spec.imag.square()
         mel = torch.matmul(self.fb_t, power)
         return 10.0 * torch.log10(mel.clamp_min(DB_FLOOR))
@@ -120,12 +122,9 @@ class LogMel(torch.nn.Module):
         x = wave.new_zeros((need - 1) * hop + cfg.n_fft)
         x[:half] = wave[1:half + 1].flip(0)  # torch.stft's reflect padding on the left
         x[half:half + real] = wave[:real]
-        spec = torch.stft(x[None], cfg.n_fft, hop_length=hop, win_length=cfg.n_fft,
-                          window=self.mel.spectrogram.window, center=False,
-                          normalized=False, onesided=True, return_complex=True)
-        out = torch.full((cfg.n_mels, n_frames), 10.0 * math.log10(DB_FLOOR),
-                         dtype=torch.float32, device=wave.device)
-        out[:, :need] = self._db(spec)[0]
+        out = torch.full((cfg.n_mels, n_frames), DB_FLOOR_DB, dtype=torch.float32,
+                         device=wave.device)
+        out[:, :need] = self._db(x[None], center=False)[0]
         return out
 
 

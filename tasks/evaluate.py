@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from gan.classifier import ClassifierConfig, predict
 from gan.metrics import QualityReference, mel_features, score_set
 from gan.sampling import make_noise, sample_db
-from gan.spectral import LogMel, MelInverter
+from gan.spectral import DB_FLOOR_DB, LogMel, MelInverter
 from storage.classifier_cache import (
     FIT,
     PROBE,
@@ -93,7 +93,8 @@ def griffin_lim_round_trip(db: torch.Tensor, inverter: MelInverter, logmel: LogM
             mel = logmel(wave)
             frames = db.shape[-1]
             if mel.shape[-1] < frames:  # centred STFT of (frames-1)*hop samples gives frames
-                mel = torch.nn.functional.pad(mel, (0, frames - mel.shape[-1]), value=-100.0)
+                mel = torch.nn.functional.pad(mel, (0, frames - mel.shape[-1]),
+                                            value=DB_FLOOR_DB)
             out.append(mel[..., :frames])
     return torch.cat(out) if out else db.clone()
 

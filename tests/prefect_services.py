@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,19 +186,22 @@ class PrefectServer:
             yield
 
 
-def _wait_healthy(api_url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+def wait_http_ok(url: str, proc: subprocess.Popen, log: Path, timeout: float, name: str,
+                 body_ok: Callable[[bytes], bool] | None = None) -> None:
+    """Poll `url` until it answers 200 (and `body_ok(body)`, if given) while `proc` lives;
+    RuntimeError if the process exits, TimeoutError after `timeout`, both with its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited {proc.returncode}:\n{tail(log)}")
+            raise RuntimeError(f"{name} exited {proc.returncode}:\n{tail(log)}")
         try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
-                if r.status == 200 and json.loads(r.read() or b"true") is True:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200 and (body_ok is None or body_ok(r.read())):
                     return
         except (urllib.error.URLError, OSError, ValueError):
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"prefect server not healthy after {timeout:.0f}s:\n{tail(log)}")
+    raise TimeoutError(f"{name} did not answer {url} within {timeout:.0f} s:\n{tail(log)}")
 
 
 @contextmanager
@@ -229,7 +232,8 @@ def prefect_server(tmp: Path, startup_timeout: float = 180,
             cwd=tmp, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     server = PrefectServer(api_url, home, env, proc, log)
     try:
-        _wait_healthy(api_url, proc, log, startup_timeout)
+        wait_http_ok(f"{api_url}/health", proc, log, startup_timeout, "prefect server",
+                     body_ok=lambda b: json.loads(b or b"true") is True)
         yield server
     finally:
         for worker in server.workers:

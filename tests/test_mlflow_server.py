@@ -6,9 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from prefect_services import free_port, stop
+from prefect_services import free_port, stop, wait_http_ok
 from registry_fixtures import TINY_MEL, _migrated_template, one_torch_thread, write_tone_dataset
 
 from flows.precompute import precompute
@@ -50,20 +47,7 @@ def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited ({proc.returncode}):\n"
-                            f"{(tmp_path / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow server did not answer /health within 180 s")
-            time.sleep(0.5)
+        wait_http_ok(f"{uri}/health", proc, tmp_path / "server.log", 180, "mlflow server")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
         monkeypatch.delenv("AUDIO_WGAN_ARTIFACT_ROOT", raising=False)

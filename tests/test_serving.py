@@ -11,14 +11,13 @@ import math
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect_services import free_port, stop
+from prefect_services import free_port, stop, wait_http_ok
 from registry_fixtures import TINY_MEL, make_bundle, register_bundle
 
 from storage import registry
@@ -60,21 +59,7 @@ def served_champion(tmp_path: Path, mlflow_uri: str) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow models serve did not answer /ping within 120 s:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.5)
+        wait_http_ok(f"{url}/ping", proc, log_path, 120, "mlflow models serve")
         yield url
     finally:
         stop(proc, grace=15)

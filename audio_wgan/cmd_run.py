@@ -19,7 +19,7 @@ from flows.defaults import (
     STORE,
 )
 
-DEMO_RUN_EPOCHS = 150  # ~86% of samples classified correctly (EMA), see BENCHMARKS.md
+DEMO_RUN_EPOCHS = 150  # ~80% of samples classified correctly (EMA), see BENCHMARKS.md
 
 
 def register(sub: argparse._SubParsersAction) -> None:

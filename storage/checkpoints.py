@@ -74,7 +74,7 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Call write(fileobj) on a temp file beside `path`, fsync it, rename it over `path`."""
     fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}.", dir=path.parent)
     try:
@@ -139,12 +139,12 @@ def save_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], epoch: int, kee
             f"{d} already holds a later checkpoint ({newest[0].name}) than epoch {epoch}; "
             f"resume from it or use a new checkpoint directory")
     path = d / checkpoint_name(epoch)
-    _atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: torch.save(payload, f))
     # hashed from the file as written (page cache), so the sidecar vouches for the bytes
     digest = _sha256_file(path)
     sidecar = path.with_name(path.name + ".sha256")
     line = f"{digest}  {path.name}\n".encode()
-    _atomic_write(sidecar, lambda f: f.write(line))
+    atomic_write(sidecar, lambda f: f.write(line))
     _point_latest(d, path)
     _fsync_dir(d)
     _prune(d, keep_last, keep=path)

@@ -8,7 +8,6 @@ holds a state_dict and plain metadata, loaded with `weights_only=True`.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from gan.classifier import (
     train_classifier,
 )
 from gan.spectral import Normaliser
+from storage.checkpoints import atomic_write
 from storage.mel_store import MelStore
 
 KEEP_FILES = 4  # older cached classifiers (other fingerprints) beyond this are removed
@@ -119,9 +119,7 @@ def load_or_train_classifier(store: MelStore, cfg: ClassifierConfig | None = Non
         "train_seconds": time.perf_counter() - t0,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save({"state_dict": state, "meta": meta}, f))
     _prune(path.parent, path)
     return StoreClassifier(model.eval(), parts, normaliser, meta, path, cached=False)

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     mel.add_argument("--split-hop-frames", type=int, metavar="N",
                      help="hop between split examples (default: one example, no overlap)")
     p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: cores)")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="where the mel runs: auto (a CUDA GPU when present), cpu, cuda, "
+                   "cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N",
                    help="files per write batch, at most 32 MB of rows (default 256)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with progress_listener(show), quiet_prefect_console():
             summary = precompute(args.data_dir, args.store, mel or None,
-                                 batch_size=args.batch_size, workers=args.workers)
+                                 batch_size=args.batch_size, workers=args.workers,
+                                 device=args.device)
     except (StoreError, PrecomputeError) as exc:
         if tty:
             print(file=sys.stderr)

@@ -27,20 +27,23 @@ from tasks.precompute import (
 
 @flow(name="precompute")
 def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
-               batch_size: int = DEFAULT_BATCH_FILES, workers: int | None = None) -> dict[str, Any]:
+               batch_size: int = DEFAULT_BATCH_FILES, workers: int | None = None,
+               device: str = "auto") -> dict[str, Any]:
     """Scan DATA_DIR/<class>/**, compute log-mels of new/changed clips, update STORE.
 
     `mel` overrides MelConfig fields (a new store starts from the defaults; an existing
-    store keeps its own and refuses changes). Returns the run summary.
+    store keeps its own and refuses changes). `workers` decode threads (default: all
+    cores); the mel runs on `device` ("auto": the GPU when CUDA has one, else the CPU).
+    Returns the run summary.
     """
     started = time.time()
-    check_params(batch_size, workers)
+    check_params(batch_size, workers, device)
     scan = scan_sources(str(data_dir), str(store))
     writer = open_store(str(store), mel)
     # quote(): file lists can be long; Prefect need not walk them looking for futures
     try:
         result = compute_and_append(writer, quote(scan), batch_size=batch_size,
-                                    workers=workers)
+                                    workers=workers, device=device)
         summary = finalize_store(writer, quote(result), str(data_dir), started)
     finally:
         writer.close()

@@ -95,7 +95,7 @@ def retrain(data_dir: str = DEMO_DATA_DIR, store: str = STORE, preset: str = DEM
     demo_info = ensure_demo_data_task(data_dir, demo_clips_per_class, demo, DEMO_DATA_DIR,
                                       seed)
     pre = precompute(data_dir=data_dir, store=store, mel=mel_for(data_dir, mel, DEMO_MEL),
-                     workers=precompute_workers)
+                     workers=precompute_workers, device=device)
     plan = plan_training_task(model_name, pre["fingerprint"], force)
     base = {"model_name": model_name, "store": store, "data_dir": data_dir,
             "fingerprint": pre["fingerprint"], "rows": pre["rows"],

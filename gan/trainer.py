@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from gan.data import TrainData
+from gan.devices import resolve_device
 from gan.ema import EMA
 from gan.losses import critic_loss, generator_loss, gradient_penalty, interpolate
 from gan.losses import wasserstein_estimate as w_estimate
@@ -141,15 +142,6 @@ class _EpochMeter:
                           generator_loss=self.g_sum / max(self.n_gen, 1),
                           gradient_penalty=c[1], wasserstein=c[2],
                           samples_per_s=self.n_seen / max(seconds, 1e-9), seconds=seconds)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available")
-    return dev
 
 
 def _is_finite(x: float) -> bool:

@@ -28,6 +28,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
+from gan.devices import resolve_device
 from storage.store_lock import StoreLock
 from storage.store_writer import MelStoreWriter, NewFile
 from tasks.audio_features import Extracted, FeatureExtractor
@@ -175,28 +176,31 @@ class ComputeResult:
     processed: int = 0  # files read (hashed, and decoded unless unchanged)
     seconds: float = 0.0
     workers: int = 1
+    device: str = "cpu"
 
 
 @task(name="compute-and-append", retries=1, retry_delay_seconds=2,
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
 def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
                        batch_size: int = DEFAULT_BATCH_FILES,
-                       workers: int | None = None) -> ComputeResult:
+                       workers: int | None = None, device: str = "cpu") -> ComputeResult:
     """Diff the scan against the manifest (new, changed by size/mtime, unchanged, removed),
     then decode + resample + mel every file to do, appending and committing per batch
-    (`batch_size` files or BATCH_BYTES of rows, whichever comes first)."""
+    (`batch_size` files or BATCH_BYTES of rows, whichever comes first). The mel runs on
+    `device` ("auto": the GPU when CUDA has one)."""
     if batch_size <= 0:
         raise PrecomputeError(f"batch size must be positive, not {batch_size}")
     workers = int(workers or default_workers())
     if workers <= 0:
         raise PrecomputeError(f"workers must be positive, not {workers}")
+    dev = _device(device)
     t0 = time.perf_counter()
     plan = plan_changes(scan, writer.known_files())
-    res = ComputeResult(plan=plan, workers=workers)
+    res = ComputeResult(plan=plan, workers=workers, device=str(dev))
     for path in plan.removed:
         if writer.remove([path]):
             res.removed.append(path)
-    extractor = FeatureExtractor(writer.mel_config)
+    extractor = FeatureExtractor(writer.mel_config, dev)
     todo = iter(plan.todo)
     progress = _Progress(len(plan.todo))
     window: deque[Future[Extracted]] = deque()
@@ -246,6 +250,13 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     writer.commit()
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise PrecomputeError(str(exc)) from None
 
 
 def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult) -> None:
@@ -310,6 +321,7 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
         "fingerprint": fin["fingerprint"],
         "mel": writer.mel_config.to_dict(),
         "workers": result.workers,
+        "device": result.device,
         "seconds": round(seconds, 3),
         "compute_seconds": round(result.seconds, 3),
         "clips_per_s": round(result.processed / seconds, 2) if seconds > 0 else 0.0,
@@ -337,7 +349,7 @@ def publish_summary(summary: dict[str, Any]) -> None:
                           description=f"{len(summary['rejected'])} rejected files")
     keys = ("rows", "files", "added_files", "replaced_files", "removed_files",
             "unchanged_files", "processed_files", "new_rows", "changed", "seconds",
-            "clips_per_s", "workers", "fingerprint")
+            "clips_per_s", "workers", "device", "fingerprint")
     create_table_artifact([{"metric": k, "value": str(summary[k])} for k in keys],
                           key="precompute-summary", description="precompute run summary")
     if logger is not None:
@@ -347,12 +359,13 @@ def publish_summary(summary: dict[str, Any]) -> None:
                     summary["removed_files"], len(summary["rejected"]), summary["seconds"])
 
 
-def check_params(batch_size: int, workers: int | None) -> None:
+def check_params(batch_size: int, workers: int | None, device: str = "cpu") -> None:
     """Refuse bad knobs before anything is touched (one-line PrecomputeError)."""
     if int(batch_size) < 1:
         raise PrecomputeError(f"batch_size must be at least 1, not {batch_size}")
     if workers is not None and int(workers) < 1:
         raise PrecomputeError(f"workers must be at least 1, not {workers}")
+    _device(device)
 
 
 def raise_if_unusable(summary: dict[str, Any]) -> None:

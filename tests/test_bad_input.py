@@ -97,8 +97,9 @@ def test_messy_folder_run_succeeds_and_reports_everything(
     store = tmp_path / "s"
     assert main(["precompute", str(messy), "--store", str(store), "--sample-rate", "8000",
                  "--n-fft", "256", "--hop-length", "64", "--n-mels", "32", "--frames", "32",
-                 "--workers", "2", "--batch-size", "4", "--json"]) == 0
+                 "--workers", "2", "--batch-size", "4", "--device", "cpu", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
+    assert s["device"] == "cpu"
     rejected = {r["path"]: r["reason"] for r in s["rejected"]}
     assert set(rejected) == set(EXPECTED_REJECTED)
     for path, start in EXPECTED_REJECTED.items():
@@ -129,6 +130,11 @@ def test_messy_folder_run_succeeds_and_reports_everything(
     for key in ("rows", "classes", "files", "rejected", "mel", "bytes", "fingerprint"):
         assert key in info
     assert info["classes"]["ключ"] == 2 and info["files"] == len(EXPECTED_KEPT)
+    assert main(["precompute", str(messy), "--store", str(tmp_path / "x"), "--device",
+                 "gpu0"]) == 2  # refused in one line before anything is written
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("error: unknown device 'gpu0' (use auto, cpu, cuda or cuda:N)")
+    assert "\n" not in err and not (tmp_path / "x").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+from mel_checks import assert_same_power
 
 from flows.precompute import precompute
 from storage.mel_store import MelStore, StoreError
@@ -35,7 +37,7 @@ def data(tmp_path: Path, write_tone: Callable[..., Path]) -> Path:
 
 def run(data: Path, store: Path, **kw: object) -> dict:
     return precompute(str(data), str(store), mel=kw.pop("mel", MEL), batch_size=kw.pop(
-        "batch_size", 2), workers=kw.pop("workers", 2))
+        "batch_size", 2), workers=kw.pop("workers", 2), device=kw.pop("device", "auto"))
 
 
 def test_flow_builds_store_with_policies(data: Path, tmp_path: Path) -> None:
@@ -149,11 +151,21 @@ def test_missing_data_dir_and_no_usable_clip(tmp_path: Path) -> None:
 
 
 def test_worker_count_does_not_change_content(data: Path, tmp_path: Path) -> None:
-    one = run(data, tmp_path / "one", workers=1, batch_size=1)
-    two = run(data, tmp_path / "two", workers=2, batch_size=64)
-    assert one["fingerprint"] == two["fingerprint"]
+    one = run(data, tmp_path / "one", workers=1, batch_size=1, device="cpu")
+    two = run(data, tmp_path / "two", workers=2, batch_size=64, device="cpu")
+    assert one["fingerprint"] == two["fingerprint"] and one["device"] == "cpu"
     a, b = MelStore.open(tmp_path / "one"), MelStore.open(tmp_path / "two")
     np.testing.assert_array_equal(a.load()[0], b.load()[0])
+
+
+def test_auto_device_runs_the_mel_on_the_gpu_when_cuda_has_one(data: Path,
+                                                                tmp_path: Path) -> None:
+    auto = run(data, tmp_path / "auto")
+    assert auto["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = run(data, tmp_path / "cpu", device="cpu")
+    assert auto["fingerprint"] == cpu["fingerprint"]  # same files, labels and row counts
+    a, b = MelStore.open(tmp_path / "auto").load()[0], MelStore.open(tmp_path / "cpu").load()[0]
+    assert_same_power(a, b)  # a GPU's FFT rounds differently (equal on the CPU)
 
 
 def test_store_inside_data_dir_and_bad_knobs(data: Path) -> None:
@@ -161,6 +173,11 @@ def test_store_inside_data_dir_and_bad_knobs(data: Path) -> None:
 
     with pytest.raises(PrecomputeError, match="batch_size must be at least 1"):
         run(data, data / "mels.zarr", batch_size=0)
+    with pytest.raises(PrecomputeError, match="unknown device 'gpu0'"):
+        run(data, data / "mels.zarr", device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(PrecomputeError, match="CUDA is not available"):
+            run(data, data / "mels.zarr", device="cuda")
     assert not (data / "mels.zarr").exists()
     s = run(data, data / "mels.zarr")  # the store is not mistaken for a class folder
     assert "mels.zarr" not in s["classes"] and s["empty_classes"] == []

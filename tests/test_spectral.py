@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchaudio
+from mel_checks import assert_same_power
 
 from gan.spectral import DB_FLOOR, LogMel, MelConfig
 
@@ -57,3 +58,18 @@ def test_feature_extractor_rows_equal_logmel_of_each_example() -> None:
         assert list(offsets) == offs
         want = LogMel(cfg)(segs).half().numpy()
         assert mels.dtype == want.dtype and (mels == want).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_feature_extractor_on_the_gpu_matches_the_cpu() -> None:
+    from tasks.audio_features import FeatureExtractor
+
+    cfg = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, frames=32)
+    cpu, gpu = FeatureExtractor(cfg), FeatureExtractor(cfg, "cuda")
+    g = torch.Generator().manual_seed(3)
+    for n in (300, 1984, 1984 * 2 + 1500):
+        wave = torch.randn(n, generator=g) * 0.1
+        (a, oa), (b, ob) = cpu.features(wave), gpu.features(wave)
+        assert b.dtype == a.dtype and list(oa) == list(ob)
+        assert_same_power(a, b)
+

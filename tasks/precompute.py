@@ -10,7 +10,6 @@ at most the batch in flight.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import time
 from collections import deque
@@ -195,25 +194,6 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     if workers <= 0:
         raise PrecomputeError(f"workers must be positive, not {workers}")
     dev = _device(device)
-    with _gc_frozen():
-        return _compute_and_append(writer, scan, batch_size, workers, dev)
-
-
-@contextlib.contextmanager
-def _gc_frozen() -> Iterator[None]:
-    """Keep the objects alive at the start (imports, Prefect's state: ~0.5 million) out of
-    the garbage collector's full passes while the task runs: each pass walks them all with
-    the GIL held (~0.25 s here) while the workers wait. Unfrozen afterwards, so anything
-    that becomes garbage meanwhile is still collected later."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-def _compute_and_append(writer: MelStoreWriter, scan: ScanResult, batch_size: int,
-                        workers: int, dev: torch.device) -> ComputeResult:
     t0 = time.perf_counter()
     plan = plan_changes(scan, writer.known_files())
     res = ComputeResult(plan=plan, workers=workers, device=str(dev))

@@ -232,17 +232,3 @@ def test_batches_and_files_in_flight_are_bounded_in_bytes(
     assert ref["fingerprint"] == s["fingerprint"]
     np.testing.assert_array_equal(MelStore.open(tmp_path / "s").load()[0],
                                   MelStore.open(tmp_path / "ref").load()[0])
-
-
-def test_long_lived_objects_are_frozen_only_while_the_task_runs(data: Path,
-                                                                tmp_path: Path) -> None:
-    import gc
-
-    from tasks.precompute import progress_listener
-
-    before = gc.get_freeze_count()
-    seen: list[int] = []
-    with progress_listener(lambda info: seen.append(gc.get_freeze_count())):
-        run(data, tmp_path / "s")
-    assert seen and min(seen) > before  # full collections skipped the flow's process state
-    assert gc.get_freeze_count() == before  # and everything is collectable again

@@ -20,3 +20,12 @@ def test_bench_runs_on_a_few_clips(shared_data: Path, tmp_path: Path) -> None:
     assert res["rows"] == 6 and res["rejected"] == 0
     text = report([res], None, 2, "cmd", 0.0)
     assert "| fsdd | 6 | 6 |" in text and "flow / bound" in text
+
+
+def test_worker_process_pool_computes_every_file(shared_data: Path) -> None:
+    from bench.bench_workers import process_pool
+
+    paths = [str(f) for f, _ in list_files(shared_data / "fsdd", limit=40)]
+    res = process_pool(paths, 2)  # spawned workers: chunks of 16 files
+    assert res["rows"] == 40
+    assert 0 < res["startup"] < res["total"] and 0 < res["compute"] < res["total"]

@@ -259,7 +259,10 @@ def report(results: list[dict], rss: dict | None, workers: int, cmd: str, load: 
             f"{r['rows'] * 65536 / 1e6 / r['best']['bound']:.0f} MB per second of bound"
             for r in results) + ") on the same two cores, then a fixed Prefect cost "
         "per run (flow and five task runs, artifacts). Short clips make the most rows "
-        "per second of compute, so the gap is widest on FSDD.",
+        "per second of compute, so the gap is widest on FSDD. On FSDD the bound's two "
+        "threads are themselves held back by the GIL (short files: per-file Python work), "
+        "so whatever the main thread adds (Zarr's Python side, manifest commits) lengthens "
+        "the run at once; \"Threads vs worker processes\" below measures the alternative.",
     ]
     lines += [
         "",

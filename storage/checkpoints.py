@@ -21,17 +21,17 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from storage.atomic_files import TMP_PREFIX, atomic_write, fsync_dir, remove_temps
+
 log = logging.getLogger("audio_wgan")
 
 LATEST_NAME = "wgan_audio.pth.tar"
 _NAME_RE = re.compile(r"^epoch_(\d{5,})\.pt$")
-_TMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
 
 
@@ -64,31 +64,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories; the rename still holds
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(fileobj) on a temp file beside `path`, fsync it, rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _non_finite(obj: Any, where: str = "") -> str | None:
     """Name of the first floating tensor holding NaN/inf in a nested state, else None."""
     if isinstance(obj, torch.Tensor):
@@ -108,13 +83,6 @@ def _non_finite(obj: Any, where: str = "") -> str | None:
     return None
 
 
-def _remove_stale_temps(d: Path) -> None:
-    """Temp files left by a writer that died mid-save are garbage; readers never see them."""
-    for p in d.glob(f"{_TMP_PREFIX}*"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-
-
 def save_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], epoch: int, keep_last: int = 3,
                     meta: dict[str, Any] | None = None) -> Path:
     """Write `state` (+ {"meta": meta}) as epoch_{epoch:05d}.pt atomically; return its path.
@@ -130,7 +98,7 @@ def save_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], epoch: int, kee
     bad = _non_finite(state)
     if bad:
         raise CheckpointError(f"refusing to save epoch {epoch}: non-finite values in {bad}")
-    _remove_stale_temps(d)
+    remove_temps(d)  # left by a writer that died mid-save
     payload = dict(state)
     payload["meta"] = dict(meta or {})
     newest = list_checkpoints(d)[-1:]
@@ -146,7 +114,7 @@ def save_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], epoch: int, kee
     line = f"{digest}  {path.name}\n".encode()
     atomic_write(sidecar, lambda f: f.write(line))
     _point_latest(d, path)
-    _fsync_dir(d)
+    fsync_dir(d)
     _prune(d, keep_last, keep=path)
     return path
 
@@ -154,7 +122,7 @@ def save_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], epoch: int, kee
 def _point_latest(d: Path, target: Path) -> None:
     """Atomically (re)point the seed-named link at `target` (relative, so dirs can move)."""
     link = d / LATEST_NAME
-    tmp = d / f"{_TMP_PREFIX}{LATEST_NAME}.{os.getpid()}"
+    tmp = d / f"{TMP_PREFIX}{LATEST_NAME}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(target.name, tmp)

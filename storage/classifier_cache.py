@@ -24,7 +24,7 @@ from gan.classifier import (
     train_classifier,
 )
 from gan.spectral import Normaliser
-from storage.checkpoints import atomic_write
+from storage.atomic_files import atomic_write
 from storage.mel_store import MelStore
 
 KEEP_FILES = 4  # older cached classifiers (other fingerprints) beyond this are removed

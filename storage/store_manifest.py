@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gan.spectral import MelConfig
+from storage.atomic_files import atomic_write_bytes
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "audio-wgan-mel-store"
@@ -152,15 +152,5 @@ def commit_manifest(store: str | Path, manifest: Manifest) -> None:
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode()
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write_bytes(path, data, durable=True)

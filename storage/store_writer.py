@@ -26,6 +26,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from gan.spectral import MelConfig
+from storage.atomic_files import TMP_PREFIX
 from storage.mel_store import (
     INDEX_CHUNK_ROWS,
     LABELS,
@@ -386,8 +387,7 @@ def _remove_partials(p: Path) -> None:
     """Temp files left by a killed writer (Zarr's `*.partial`, our manifest temp)."""
     for dirpath, _, names in os.walk(p):
         for n in names:
-            if n.endswith(".partial") or (n.startswith(f".{MANIFEST_FILE}.")
-                                          and n.endswith(".tmp")):
+            if n.endswith(".partial") or n.startswith(f"{TMP_PREFIX}{MANIFEST_FILE}."):
                 try:
                     os.unlink(os.path.join(dirpath, n))
                 except OSError:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from storage.atomic_files import atomic_write_bytes
 
 GALLERY_FILE = "index.html"
 MANIFEST_FILE = "gallery.json"
@@ -65,12 +66,9 @@ class GalleryManifest:
 
 
 def _atomic_write(path: Path, text: str) -> Path:
-    """Write via a temp file + rename so a browser reload never sees half a page."""
+    """Temp file + rename, so a browser reload never sees half a page."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _url(*parts: str) -> str:

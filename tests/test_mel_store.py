@@ -232,3 +232,26 @@ def test_second_writer_refused_while_locked(tmp_path: Path, files: list[NewFile]
         assert "\n" not in str(e.value)
         assert len(MelStore.open(tmp_path / "s")) == 3  # readers are never blocked
     MelStoreWriter.create_or_open(tmp_path / "s").close()  # free again
+
+
+def test_a_manifest_write_that_dies_midway_changes_nothing(tmp_path: Path,
+                                                           files: list[NewFile]) -> None:
+    from storage.atomic_files import TMP_PREFIX, atomic_write
+
+    store = tmp_path / "s"
+    build(store, files[:2])
+    before = (store / "manifest.json").read_bytes()
+
+    def dies(f: object) -> None:
+        f.write(b'{"half": ')  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(store / "manifest.json", dies, durable=True)
+    assert (store / "manifest.json").read_bytes() == before
+    assert not list(store.glob(f"{TMP_PREFIX}*"))  # the temp file is removed on failure
+    # a temp file of a writer killed outright (no chance to clean up) goes at the next open
+    (store / f"{TMP_PREFIX}manifest.json.k1ll3d").write_bytes(b'{"half": ')
+    MelStoreWriter.create_or_open(store, MEL).close()
+    assert not list(store.glob(f"{TMP_PREFIX}*"))
+    assert {f.path for f in MelStore.open(store).files()} == {f.path for f in files[:2]}

@@ -107,7 +107,7 @@ def test_sigkill_at_several_moments_then_rerun(tmp_path: Path,
     st = MelStore.open(store)
     assert_same_live_content(st, clean)
     assert st.manifest.stats["fingerprint"] == st.fingerprint
-    assert not list(store.rglob("*.partial")) and not list(store.glob(".manifest*"))
+    assert not list(store.rglob("*.partial")) and not list(store.glob(".tmp-*"))
 
 
 def test_lock_of_a_killed_holder_is_released(tmp_path: Path,

@@ -28,22 +28,23 @@ from tasks.precompute import (
 @flow(name="precompute")
 def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
                batch_size: int = DEFAULT_BATCH_FILES, workers: int | None = None,
-               device: str = "auto") -> dict[str, Any]:
+               device: str = "auto", pool: str = "threads") -> dict[str, Any]:
     """Scan DATA_DIR/<class>/**, compute log-mels of new/changed clips, update STORE.
 
     `mel` overrides MelConfig fields (a new store starts from the defaults; an existing
-    store keeps its own and refuses changes). `workers` decode threads (default: all
-    cores); the mel runs on `device` ("auto": the GPU when CUDA has one, else the CPU).
+    store keeps its own and refuses changes). `workers` threads or, with `pool="processes"`,
+    worker processes (default: all cores; processes pay off on large sets of short clips);
+    the mel runs on `device` ("auto": the GPU when CUDA has one, else the CPU).
     Returns the run summary.
     """
     started = time.time()
-    check_params(batch_size, workers, device)
+    check_params(batch_size, workers, device, pool)
     scan = scan_sources(str(data_dir), str(store))
     writer = open_store(str(store), mel)
     # quote(): file lists can be long; Prefect need not walk them looking for futures
     try:
         result = compute_and_append(writer, quote(scan), batch_size=batch_size,
-                                    workers=workers, device=device)
+                                    workers=workers, device=device, pool=pool)
         summary = finalize_store(writer, quote(result), str(data_dir), started)
     finally:
         writer.close()

@@ -10,11 +10,12 @@ at most the batch in flight.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,8 @@ from prefect.exceptions import MissingContextError
 from gan.devices import resolve_device
 from storage.store_lock import StoreLock
 from storage.store_writer import MelStoreWriter, NewFile
-from tasks.audio_features import Extracted, FeatureExtractor
+from tasks.audio_features import Extracted
+from tasks.extract_pools import POOLS, extract_runner
 from tasks.run_context import in_prefect_run
 from tasks.source_scan import (
     DataDirError,
@@ -177,76 +179,87 @@ class ComputeResult:
     seconds: float = 0.0
     workers: int = 1
     device: str = "cpu"
+    pool: str = "threads"
 
 
 @task(name="compute-and-append", retries=1, retry_delay_seconds=2,
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
 def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
                        batch_size: int = DEFAULT_BATCH_FILES,
-                       workers: int | None = None, device: str = "cpu") -> ComputeResult:
+                       workers: int | None = None, device: str = "cpu",
+                       pool: str = "threads") -> ComputeResult:
     """Diff the scan against the manifest (new, changed by size/mtime, unchanged, removed),
     then decode + resample + mel every file to do, appending and committing per batch
-    (`batch_size` files or BATCH_BYTES of rows, whichever comes first). The mel runs on
-    `device` ("auto": the GPU when CUDA has one)."""
+    (`batch_size` files or BATCH_BYTES of rows, whichever comes first). Files run on
+    `workers` threads or worker processes (`pool`, see tasks.extract_pools); the mel runs
+    on `device` ("auto": the GPU when CUDA has one)."""
     if batch_size <= 0:
         raise PrecomputeError(f"batch size must be positive, not {batch_size}")
     workers = int(workers or default_workers())
     if workers <= 0:
         raise PrecomputeError(f"workers must be positive, not {workers}")
     dev = _device(device)
+    if pool not in POOLS:
+        raise PrecomputeError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
     t0 = time.perf_counter()
     plan = plan_changes(scan, writer.known_files())
-    res = ComputeResult(plan=plan, workers=workers, device=str(dev))
+    res = ComputeResult(plan=plan, workers=workers, device=str(dev), pool=pool)
     for path in plan.removed:
         if writer.remove([path]):
             res.removed.append(path)
-    extractor = FeatureExtractor(writer.mel_config, dev)
     todo = iter(plan.todo)
     progress = _Progress(len(plan.todo))
-    window: deque[Future[Extracted]] = deque()
+    jobs: deque[tuple[Future[list[Extracted]], int]] = deque()  # (future, files in it)
     batch: list[Extracted] = []
-    batch_bytes = done_bytes = done_files = 0
+    batch_bytes = done_bytes = done_files = in_flight = 0
     total = len(plan.todo)
-    with ThreadPoolExecutor(workers, thread_name_prefix="precompute") as pool, \
-            _torch_threads(1):
+    with _torch_threads(1), extract_runner(pool, writer.mel_config, dev, workers) as runner:
 
         def cap_now() -> int:
             # files in flight: enough to keep every worker busy while a batch is written,
             # few enough that their rows stay within IN_FLIGHT_BYTES (per-file size learnt)
             per_file = done_bytes / done_files if done_files else 0
             cap = int(IN_FLIGHT_BYTES // per_file) if per_file else 4 * MIN_IN_FLIGHT * workers
-            return min(max(MIN_IN_FLIGHT * workers, cap), MAX_IN_FLIGHT)
+            least = max(MIN_IN_FLIGHT, 2 * runner.files_per_job) * workers  # 2 jobs each
+            return min(max(least, cap), MAX_IN_FLIGHT)
 
         def refill() -> None:
+            nonlocal in_flight
             cap = cap_now()
-            while len(window) < cap:
-                f = next(todo, None)
-                if f is None:
+            while in_flight < cap:
+                files = list(itertools.islice(todo, runner.files_per_job))
+                if not files:
                     return
-                window.append(pool.submit(extractor.extract, f.abs_path, f.path,
-                                          f.class_name, f.size, f.mtime_ns,
-                                          plan.known_hash.get(f.path)))
+                jobs.append((runner.submit([(f.abs_path, f.path, f.class_name, f.size,
+                                             f.mtime_ns, plan.known_hash.get(f.path))
+                                            for f in files]), len(files)))
+                in_flight += len(files)
 
         refill()
-        while window:
-            out = window.popleft().result()
-            nbytes = out.mels.nbytes if out.mels is not None else 0
-            batch.append(out)
-            batch_bytes += nbytes
-            done_bytes += nbytes
-            done_files += 1
-            refill()
-            # near the end, write as soon as the batch holds as much as is still to come:
-            # batches shrink geometrically, and little is left to write (serially, while
-            # the workers idle) once the last file is done
-            to_come = (total - done_files) * done_bytes / done_files  # in flight + not yet sent
-            tail = batch_bytes >= max(TAIL_BATCH_BYTES, to_come)
-            if len(batch) >= batch_size or batch_bytes >= BATCH_BYTES or tail or not window:
-                _apply(writer, batch, res)
-                writer.commit(force=False)
-                res.processed += len(batch)
-                batch, batch_bytes = [], 0
-                progress.update(res.processed, writer.live_rows(), final=not window)
+        while jobs:
+            future, n = jobs.popleft()
+            outs = future.result()
+            in_flight -= n
+            for i, out in enumerate(outs):
+                nbytes = out.mels.nbytes if out.mels is not None else 0
+                batch.append(out)
+                batch_bytes += nbytes
+                done_bytes += nbytes
+                done_files += 1
+                if i == len(outs) - 1:
+                    refill()  # with the rows per file learnt so far
+                last = not jobs and i == len(outs) - 1
+                # near the end, write as soon as the batch holds as much as is still to
+                # come: batches shrink geometrically, and little is left to write
+                # (serially, while the workers idle) once the last file is done
+                to_come = (total - done_files) * done_bytes / done_files  # in flight + unsent
+                tail = batch_bytes >= max(TAIL_BATCH_BYTES, to_come)
+                if len(batch) >= batch_size or batch_bytes >= BATCH_BYTES or tail or last:
+                    _apply(writer, batch, res)
+                    writer.commit(force=False)
+                    res.processed += len(batch)
+                    batch, batch_bytes = [], 0
+                    progress.update(res.processed, writer.live_rows(), final=last)
     writer.commit()
     res.seconds = time.perf_counter() - t0
     return res
@@ -322,6 +335,7 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
         "mel": writer.mel_config.to_dict(),
         "workers": result.workers,
         "device": result.device,
+        "pool": result.pool,
         "seconds": round(seconds, 3),
         "compute_seconds": round(result.seconds, 3),
         "clips_per_s": round(result.processed / seconds, 2) if seconds > 0 else 0.0,
@@ -349,7 +363,7 @@ def publish_summary(summary: dict[str, Any]) -> None:
                           description=f"{len(summary['rejected'])} rejected files")
     keys = ("rows", "files", "added_files", "replaced_files", "removed_files",
             "unchanged_files", "processed_files", "new_rows", "changed", "seconds",
-            "clips_per_s", "workers", "device", "fingerprint")
+            "clips_per_s", "workers", "pool", "device", "fingerprint")
     create_table_artifact([{"metric": k, "value": str(summary[k])} for k in keys],
                           key="precompute-summary", description="precompute run summary")
     if logger is not None:
@@ -359,12 +373,15 @@ def publish_summary(summary: dict[str, Any]) -> None:
                     summary["removed_files"], len(summary["rejected"]), summary["seconds"])
 
 
-def check_params(batch_size: int, workers: int | None, device: str = "cpu") -> None:
+def check_params(batch_size: int, workers: int | None, device: str = "cpu",
+                 pool: str = "threads") -> None:
     """Refuse bad knobs before anything is touched (one-line PrecomputeError)."""
     if int(batch_size) < 1:
         raise PrecomputeError(f"batch_size must be at least 1, not {batch_size}")
     if workers is not None and int(workers) < 1:
         raise PrecomputeError(f"workers must be at least 1, not {workers}")
+    if pool not in POOLS:
+        raise PrecomputeError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
     _device(device)
 
 

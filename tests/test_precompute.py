@@ -37,7 +37,8 @@ def data(tmp_path: Path, write_tone: Callable[..., Path]) -> Path:
 
 def run(data: Path, store: Path, **kw: object) -> dict:
     return precompute(str(data), str(store), mel=kw.pop("mel", MEL), batch_size=kw.pop(
-        "batch_size", 2), workers=kw.pop("workers", 2), device=kw.pop("device", "auto"))
+        "batch_size", 2), workers=kw.pop("workers", 2), device=kw.pop("device", "auto"),
+        pool=kw.pop("pool", "threads"))
 
 
 def test_flow_builds_store_with_policies(data: Path, tmp_path: Path) -> None:
@@ -173,6 +174,8 @@ def test_store_inside_data_dir_and_bad_knobs(data: Path) -> None:
 
     with pytest.raises(PrecomputeError, match="batch_size must be at least 1"):
         run(data, data / "mels.zarr", batch_size=0)
+    with pytest.raises(PrecomputeError, match="pool must be one of threads, processes"):
+        run(data, data / "mels.zarr", pool="fork")
     with pytest.raises(PrecomputeError, match="unknown device 'gpu0'"):
         run(data, data / "mels.zarr", device="gpu0")
     if not torch.cuda.is_available():

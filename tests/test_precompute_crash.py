@@ -34,9 +34,9 @@ def api_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def cli(data: Path, store: Path, env: dict[str, str]) -> subprocess.Popen:
+def cli(data: Path, store: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "audio_wgan.cli", "precompute", str(data), "--store",
-           str(store), *MEL_ARGS, "--batch-size", "2", "--workers", "2"]
+           str(store), *MEL_ARGS, "--batch-size", "2", "--workers", "2", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -59,15 +59,19 @@ def assert_same_live_content(a: MelStore, b: MelStore) -> None:
     np.testing.assert_array_equal(a.stats()[1], b.stats()[1])
 
 
+def thirty_clips(root: Path, write_tone: Callable[..., Path]) -> Path:
+    for c in ("ant", "bee", "cat"):
+        for i in range(10):
+            write_tone(f"{c}/{i:02d}.wav", seconds=0.5, sr=16000, freq=200 + 37 * i + 400 *
+                       len(c), root=root)
+    return root
+
+
 def test_sigkill_at_several_moments_then_rerun(tmp_path: Path,
                                                write_tone: Callable[..., Path]) -> None:
     from flows.precompute import precompute
 
-    data = tmp_path / "data"
-    for c in ("ant", "bee", "cat"):
-        for i in range(10):
-            write_tone(f"{c}/{i:02d}.wav", seconds=0.5, sr=16000, freq=200 + 37 * i + 400 *
-                       len(c), root=data)
+    data = thirty_clips(tmp_path / "data", write_tone)
     precompute(str(data), str(tmp_path / "clean"), mel=MEL, batch_size=5, workers=1)
     clean = MelStore.open(tmp_path / "clean")
     assert len(clean) == 60
@@ -133,3 +137,42 @@ def test_lock_of_a_killed_holder_is_released(tmp_path: Path,
         holder.wait()
     assert main(args) == 0  # the kernel dropped the dead holder's lock
     assert len(MelStore.open(store)) == 2
+
+
+def marked_processes(mark: str) -> list[int]:
+    """Live processes whose environment carries AUDIO_WGAN_TEST_MARK=mark."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                env = (d / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"AUDIO_WGAN_TEST_MARK={mark}".encode() in env:
+                found.append(int(d.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_worker_processes_die_with_a_killed_run_and_match_threads(
+        tmp_path: Path, write_tone: Callable[..., Path]) -> None:
+    from flows.precompute import precompute
+
+    data = thirty_clips(tmp_path / "data", write_tone)
+    threads = precompute(str(data), str(tmp_path / "threads"), mel=MEL, batch_size=5,
+                         workers=2)
+    store, mark = tmp_path / "s", f"{os.getpid()}-{time.time_ns()}"
+    p = cli(data, store, api_env(AUDIO_WGAN_KILL_AT="rows_written:2",
+                                 AUDIO_WGAN_TEST_MARK=mark), "--pool", "processes")
+    p.communicate(timeout=120)
+    assert p.returncode == -signal.SIGKILL
+    deadline = time.time() + 20  # the workers notice the parent is gone within a second
+    while marked_processes(mark) and time.time() < deadline:
+        time.sleep(0.2)
+    assert marked_processes(mark) == [], "worker processes outlived the killed run"
+    p = cli(data, store, api_env(), "--pool", "processes", "--json")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert '"pool": "processes"' in out
+    assert_same_live_content(MelStore.open(store), MelStore.open(tmp_path / "threads"))
+    assert threads["pool"] == "threads"

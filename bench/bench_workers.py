@@ -10,8 +10,10 @@ flow's own FeatureExtractor, nothing written) on every core, two ways, alternati
   then taking files in chunks of 16. Reported: the wall time to the first chunk started
   (start-up), from there to the last chunk done (compute alone), and the total.
 
-Processes are not held back by the GIL, but each one pays torch's import. Writes
-bench/results/workers.md.
+Processes are not held back by the GIL, but each one pays torch's import. Then the
+whole `precompute` flow with `pool="threads"` (the default) and `pool="processes"` into
+fresh stores, on the same data sets plus FSDD three times over (9000 links to its files
+under new names: a large set of short clips). Writes bench/results/workers.md.
 """
 
 from __future__ import annotations
@@ -64,6 +66,23 @@ def process_pool(paths: list[str], workers: int) -> dict[str, float]:
             "total": end - t0, "rows": sum(r for _, _, r in spans)}
 
 
+def flow_seconds(data: Path, store: Path, workers: int, pool: str) -> float:
+    from flows.precompute import precompute
+
+    t0 = time.perf_counter()
+    s = precompute(str(data), str(store), workers=workers, pool=pool)
+    assert s["pool"] == pool and s["processed_files"] > 0
+    return time.perf_counter() - t0
+
+
+def linked_copies(files: list[tuple[Path, str]], dst: Path, copies: int) -> Path:
+    for k in range(copies):
+        for f, cls in files:
+            (dst / cls).mkdir(parents=True, exist_ok=True)
+            (dst / cls / f"{k}-{f.name}").symlink_to(f)
+    return dst
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.bench_precompute import SHARED, compute_only, list_files
     from gan.spectral import MelConfig
@@ -74,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", nargs="+", default=["fsdd", "esc10"])
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULT)
+    ap.add_argument("--no-flows", action="store_true", help="only the compute-only loop")
     args = ap.parse_args(argv)
     workers = default_workers()
     lines = [
@@ -121,10 +141,46 @@ def main(argv: list[str] | None = None) -> int:
             f"; processes already running would lower it to {p['compute']:.2f} s on {n}"
             for n, t, p in rows if p["compute"] < 0.9 * t) + ".",
     ]
+    if not args.no_flows:
+        lines += flow_table(args.datasets, args.reps, workers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def flow_table(datasets: list[str], reps: int, workers: int) -> list[str]:
+    import tempfile
+
+    from bench.bench_precompute import SHARED, link_subset, list_files
+
+    lines = [
+        "",
+        "The whole `precompute` flow into a fresh store (Prefect, hashing, Zarr writes "
+        "included), threads vs processes, seconds (medians):",
+        "",
+        "| data set | files | threads | processes | threads / processes |",
+        "|---|---|---|---|---|",
+    ]
+    sets = [(n, 1) for n in datasets] + [("fsdd", 3)] * ("fsdd" in datasets)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for name, copies in sets:
+            files = list_files(SHARED / name)
+            label = name if copies == 1 else f"{name} x{copies}"
+            data = (link_subset(files, tmp / f"{name}-data") if copies == 1 else
+                    linked_copies(files, tmp / f"{name}-x{copies}", copies))
+            times: dict[str, list[float]] = {"threads": [], "processes": []}
+            for r in range(reps):
+                for pool in times:
+                    times[pool].append(flow_seconds(data, tmp / f"{label}-{pool}-{r}.zarr",
+                                                    workers, pool))
+                print(f"  flow {label}: " + ", ".join(f"{k} {v[-1]:.2f}s"
+                                                    for k, v in times.items()), flush=True)
+            t, p = (statistics.median(times[k]) for k in ("threads", "processes"))
+            lines.append(f"| {label} | {len(files) * copies} | {t:.2f} | {p:.2f} | "
+                         f"{t / p:.2f}x |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -65,4 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m audio_wgan.cli`: run the canonical module's main, so that the UserError
+    # the commands import (audio_wgan.cli.UserError) is the one main() catches
+    from audio_wgan.cli import main as canonical_main
+
+    sys.exit(canonical_main())

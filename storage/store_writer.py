@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 import shutil
-import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from zarr.codecs import BloscCodec
 
 from gan.spectral import MelConfig
 from storage.atomic_files import TMP_PREFIX
+from storage.fault_points import fault_point
 from storage.mel_store import (
     INDEX_CHUNK_ROWS,
     LABELS,
@@ -61,7 +61,6 @@ MEL_CLEVEL = 1
 # 1.4x (FSDD) / 1.6x (ESC-10) faster than Blosc's automatic size and compress 6-9% smaller.
 MEL_BLOCKSIZE = 1 << 20
 SUMS_CHUNK_ROWS = 256  # 512 KiB at 128 mels
-KILL_ENV = "AUDIO_WGAN_KILL_AT"  # test hook: "<point>:<n>" SIGKILLs at the n-th pass
 
 
 @dataclass
@@ -238,7 +237,7 @@ class MelStoreWriter:
             [np.asarray(it.offsets, dtype=np.int64) for it in items])
         self._sums[start:end] = np.concatenate(
             [it.sums if it.sums is not None else mel_sums(it.mels) for it in items])
-        _fault_point("rows_written")
+        fault_point("rows_written")
         pos = start
         for it, label, fid, k in zip(items, labels, ids, counts, strict=True):
             self.manifest.files[it.path] = FileEntry(
@@ -288,7 +287,7 @@ class MelStoreWriter:
         now = time.perf_counter()
         if not force and now - self._last_commit[0] < 10 * self._last_commit[1]:
             return False
-        _fault_point("before_commit")
+        fault_point("before_commit")
         commit_manifest(self.path, self.manifest)
         end = time.perf_counter()
         self._last_commit = (end, end - now)
@@ -315,7 +314,7 @@ class MelStoreWriter:
                                    "mean": [float(x) for x in mean],
                                    "std": [float(x) for x in std]}
             self._dirty = True
-        _fault_point("finalize")
+        fault_point("finalize")
         changed = self.commit()
         attrs = self._group.attrs.asdict()
         if changed or resized or attrs.get("fingerprint") != fp or "mel" not in attrs:
@@ -392,19 +391,3 @@ def _remove_partials(p: Path) -> None:
                     os.unlink(os.path.join(dirpath, n))
                 except OSError:
                     pass
-
-
-_fault_counts: dict[str, int] = {}
-
-
-def _fault_point(name: str) -> None:
-    """Crash-test hook: with AUDIO_WGAN_KILL_AT="<name>:<n>", SIGKILL at the n-th pass."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    point, _, nth = spec.partition(":")
-    if point != name:
-        return
-    _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if _fault_counts[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from gan.spectral import MelConfig
+from storage.fault_points import fault_point
 from tasks.audio_features import Extracted, FeatureExtractor
 
 POOLS = ("threads", "processes")
@@ -102,4 +103,5 @@ def _exit_with_parent(parent: int) -> None:
 
 def _extract_in_worker(jobs: list[FileJob]) -> list[Extracted]:
     assert _worker_extractor is not None, "worker not initialised"
+    fault_point("worker_extract")
     return _extract_all(_worker_extractor, jobs)

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,7 +239,14 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
         refill()
         while jobs:
             future, n = jobs.popleft()
-            outs = future.result()
+            try:
+                outs = future.result()
+            except BrokenProcessPool:
+                writer.commit()  # the rows appended so far are whole: keep them
+                raise PrecomputeError(
+                    f"a worker process died (killed, out of memory, or crashed in a decoder) "
+                    f"after {res.processed} files, which are kept; re-run to go on, or use "
+                    f"--pool threads") from None
             in_flight -= n
             for i, out in enumerate(outs):
                 nbytes = out.mels.nbytes if out.mels is not None else 0

@@ -176,3 +176,18 @@ def test_worker_processes_die_with_a_killed_run_and_match_threads(
     assert '"pool": "processes"' in out
     assert_same_live_content(MelStore.open(store), MelStore.open(tmp_path / "threads"))
     assert threads["pool"] == "threads"
+
+    # a worker that dies (here: SIGKILLed on its 2nd chunk) fails the run in one line,
+    # keeps what was appended before, and a re-run completes the same store
+    store = tmp_path / "w"
+    p = cli(data, store, api_env(AUDIO_WGAN_KILL_AT="worker_extract:2"), "--pool",
+            "processes")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("audio-wgan precompute: error: a worker process died") and \
+        "re-run to go on" in line, err
+    p = cli(data, store, api_env(), "--pool", "processes")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert_same_live_content(MelStore.open(store), MelStore.open(tmp_path / "threads"))

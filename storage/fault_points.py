@@ -1,0 +1,22 @@
+"""Crash-test hook: with AUDIO_WGAN_KILL_AT="<point>:<n>", the process that passes the named
+point for the n-th time SIGKILLs itself there (tests prove crash safety with it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+KILL_ENV = "AUDIO_WGAN_KILL_AT"
+_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    _counts[name] = _counts.get(name, 0) + 1
+    if _counts[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

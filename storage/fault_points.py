@@ -1,5 +1,7 @@
-"""Crash-test hook: with AUDIO_WGAN_KILL_AT="<point>:<n>", the process that passes the named
-point for the n-th time SIGKILLs itself there (tests prove crash safety with it)."""
+"""Crash-test hooks (tests prove crash safety with them): with AUDIO_WGAN_KILL_AT=
+"<point>:<n>", the process that passes the named point for the n-th time SIGKILLs itself
+there; with AUDIO_WGAN_KILL_ON_FILE=<path>, the process about to decode that source file
+(its path relative to DATA_DIR) does, as a crashing decoder would."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import signal
 
 KILL_ENV = "AUDIO_WGAN_KILL_AT"
+KILL_ON_FILE_ENV = "AUDIO_WGAN_KILL_ON_FILE"
 _counts: dict[str, int] = {}
 
 
@@ -19,4 +22,9 @@ def fault_point(name: str) -> None:
         return
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_file(path: str) -> None:
+    if path and os.environ.get(KILL_ON_FILE_ENV) == path:
         os.kill(os.getpid(), signal.SIGKILL)

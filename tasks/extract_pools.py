@@ -5,7 +5,9 @@ serialised by the GIL: short clips on many cores gain little from more threads.
 Worker processes are free of the GIL, but each is spawned fresh (safe with CUDA and MKL,
 which a fork of a process that ran them is not) and imports torch first (~1.5 s here), so
 they pay off on large data sets of short clips (see "Threads vs worker processes" in
-BENCHMARKS.md). Processes take files in chunks and send the rows back by pickling.
+BENCHMARKS.md). Processes take files in chunks and send the rows back by pickling; a
+worker that dies breaks the pool, which `restart()` replaces (the precompute task then
+re-runs the files in flight one by one to find the one that killed it).
 
 No Prefect here: a spawned worker imports only this module and what it needs.
 """
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 
 from gan.spectral import MelConfig
-from storage.fault_points import fault_point
+from storage.fault_points import fault_file, fault_point
 from tasks.audio_features import Extracted, FeatureExtractor
 
 POOLS = ("threads", "processes")
@@ -46,6 +48,9 @@ class ThreadRunner:
     def submit(self, jobs: Sequence[FileJob]) -> Future[list[Extracted]]:
         return self._pool.submit(_extract_all, self._extractor, list(jobs))
 
+    def restart(self) -> None:
+        raise AssertionError("a thread pool does not break")
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -56,12 +61,21 @@ class ProcessRunner:
     files_per_job = PROCESS_CHUNK_FILES
 
     def __init__(self, cfg: MelConfig, device: torch.device, workers: int) -> None:
-        self._pool = ProcessPoolExecutor(
-            workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-            initargs=(cfg.to_dict(), str(device), os.getpid()))
+        self._args = (cfg.to_dict(), str(device), os.getpid())
+        self._workers = workers
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self._workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker, initargs=self._args)
 
     def submit(self, jobs: Sequence[FileJob]) -> Future[list[Extracted]]:
         return self._pool.submit(_extract_in_worker, list(jobs))
+
+    def restart(self) -> None:
+        """A fresh pool after a worker died (which breaks the whole pool)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._start()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -104,4 +118,6 @@ def _exit_with_parent(parent: int) -> None:
 def _extract_in_worker(jobs: list[FileJob]) -> list[Extracted]:
     assert _worker_extractor is not None, "worker not initialised"
     fault_point("worker_extract")
+    for job in jobs:
+        fault_file(job[1])
     return _extract_all(_worker_extractor, jobs)

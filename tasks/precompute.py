@@ -34,7 +34,7 @@ from gan.devices import resolve_device
 from storage.store_lock import StoreLock
 from storage.store_writer import MelStoreWriter, NewFile
 from tasks.audio_features import Extracted
-from tasks.extract_pools import POOLS, extract_runner
+from tasks.extract_pools import POOLS, FileJob, extract_runner
 from tasks.run_context import in_prefect_run
 from tasks.source_scan import (
     DataDirError,
@@ -65,6 +65,7 @@ IN_FLIGHT_BYTES = 64 << 20
 TAIL_BATCH_BYTES = 2 << 20
 MIN_IN_FLIGHT = 4  # per worker
 MAX_IN_FLIGHT = 512
+MAX_WORKER_DEATHS = 3  # in a row (pool="processes"): beyond that it is not one bad file
 
 
 class NoUsableClipsError(PrecomputeError):
@@ -208,9 +209,12 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     for path in plan.removed:
         if writer.remove([path]):
             res.removed.append(path)
-    todo = iter(plan.todo)
+    todo = (_file_job(f, plan) for f in plan.todo)
     progress = _Progress(len(plan.todo))
-    jobs: deque[tuple[Future[list[Extracted]], int]] = deque()  # (future, files in it)
+    # (future, its files, run alone?): a job run alone that kills its worker names the file
+    jobs: deque[tuple[Future[list[Extracted]], list[FileJob], bool]] = deque()
+    suspects: deque[FileJob] = deque()  # in flight when a worker died: re-run one by one
+    deaths = 0  # workers lost in a row
     batch: list[Extracted] = []
     batch_bytes = done_bytes = done_files = in_flight = 0
     total = len(plan.todo)
@@ -226,28 +230,48 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
 
         def refill() -> None:
             nonlocal in_flight
+            if suspects:  # one at a time, so that a death points at its file
+                if not jobs:
+                    job = [suspects.popleft()]
+                    jobs.append((runner.submit(job), job, True))
+                    in_flight += 1
+                return
             cap = cap_now()
             while in_flight < cap:
-                files = list(itertools.islice(todo, runner.files_per_job))
-                if not files:
+                job = list(itertools.islice(todo, runner.files_per_job))
+                if not job:
                     return
-                jobs.append((runner.submit([(f.abs_path, f.path, f.class_name, f.size,
-                                             f.mtime_ns, plan.known_hash.get(f.path))
-                                            for f in files]), len(files)))
-                in_flight += len(files)
+                jobs.append((runner.submit(job), job, False))
+                in_flight += len(job)
 
         refill()
         while jobs:
-            future, n = jobs.popleft()
+            future, job, alone = jobs.popleft()
             try:
                 outs = future.result()
+                deaths = 0
             except BrokenProcessPool:
-                writer.commit()  # the rows appended so far are whole: keep them
-                raise PrecomputeError(
-                    f"a worker process died (killed, out of memory, or crashed in a decoder) "
-                    f"after {res.processed} files, which are kept; re-run to go on, or use "
-                    f"--pool threads") from None
-            in_flight -= n
+                # the whole pool is gone with the worker: every job in flight failed
+                deaths += 1
+                if deaths > MAX_WORKER_DEATHS:
+                    writer.commit()  # the rows appended so far are whole: keep them
+                    raise PrecomputeError(
+                        f"worker processes keep dying (killed or out of memory?) after "
+                        f"{res.processed} files, which are kept; re-run to go on, or use "
+                        f"--pool threads") from None
+                lost = [] if alone else job
+                for _, other, _ in jobs:
+                    lost += other
+                jobs.clear()
+                suspects.extendleft(reversed(lost))
+                in_flight = len(job)  # lost files are counted again when resubmitted
+                runner.restart()
+                if not alone:
+                    in_flight = 0
+                    refill()
+                    continue
+                outs = [_worker_died(job[0])]
+            in_flight -= len(job)
             for i, out in enumerate(outs):
                 nbytes = out.mels.nbytes if out.mels is not None else 0
                 batch.append(out)
@@ -256,7 +280,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
                 done_files += 1
                 if i == len(outs) - 1:
                     refill()  # with the rows per file learnt so far
-                last = not jobs and i == len(outs) - 1
+                last = not jobs and not suspects and i == len(outs) - 1
                 # near the end, write as soon as the batch holds as much as is still to
                 # come: batches shrink geometrically, and little is left to write
                 # (serially, while the workers idle) once the last file is done
@@ -271,6 +295,18 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     writer.commit()
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _file_job(f: Any, plan: Plan) -> FileJob:
+    return (f.abs_path, f.path, f.class_name, f.size, f.mtime_ns, plan.known_hash.get(f.path))
+
+
+def _worker_died(job: FileJob) -> Extracted:
+    """The outcome of a file whose decoding killed the worker process running it alone."""
+    _, path, class_name, size, mtime_ns, _ = job
+    return Extracted(path=path, class_name=class_name, size=size, mtime_ns=mtime_ns,
+                     status="rejected", reason="the worker process died while decoding it "
+                     "(a crash in the decoder?)")
 
 
 def _device(name: str) -> torch.device:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -177,16 +178,30 @@ def test_worker_processes_die_with_a_killed_run_and_match_threads(
     assert_same_live_content(MelStore.open(store), MelStore.open(tmp_path / "threads"))
     assert threads["pool"] == "threads"
 
-    # a worker that dies (here: SIGKILLed on its 2nd chunk) fails the run in one line,
-    # keeps what was appended before, and a re-run completes the same store
+    # a file that kills the worker decoding it (as a crashing decoder would) is found by
+    # re-running the files in flight one by one, rejected with a reason, and the run goes on
     store = tmp_path / "w"
-    p = cli(data, store, api_env(AUDIO_WGAN_KILL_AT="worker_extract:2"), "--pool",
-            "processes")
+    p = cli(data, store, api_env(AUDIO_WGAN_KILL_ON_FILE="bee/03.wav"), "--pool",
+            "processes", "--json")
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err
+    summary = json.loads(out)
+    assert [r["path"] for r in summary["rejected"]] == ["bee/03.wav"]
+    assert summary["rejected"][0]["reason"].startswith("the worker process died while")
+    assert summary["files"] == 29
+    p = cli(data, store, api_env(), "--pool", "processes")  # the file is tried again
     _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert_same_live_content(MelStore.open(store), MelStore.open(tmp_path / "threads"))
+
+    # workers that keep dying whatever they run: one line, the whole rows kept, re-runnable
+    store = tmp_path / "k"
+    p = cli(data, store, api_env(AUDIO_WGAN_KILL_AT="worker_extract:1"), "--pool",
+            "processes")
+    _, err = p.communicate(timeout=180)
     assert p.returncode == 2, err
     line = err.strip().splitlines()[-1]
-    assert line.startswith("audio-wgan precompute: error: a worker process died") and \
-        "re-run to go on" in line, err
+    assert line.startswith("audio-wgan precompute: error: worker processes keep dying"), err
     p = cli(data, store, api_env(), "--pool", "processes")
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err

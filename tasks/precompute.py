@@ -195,14 +195,9 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     (`batch_size` files or BATCH_BYTES of rows, whichever comes first). Files run on
     `workers` threads or worker processes (`pool`, see tasks.extract_pools); the mel runs
     on `device` ("auto": the GPU when CUDA has one)."""
-    if batch_size <= 0:
-        raise PrecomputeError(f"batch size must be positive, not {batch_size}")
+    check_params(batch_size, workers, device, pool)
     workers = int(workers or default_workers())
-    if workers <= 0:
-        raise PrecomputeError(f"workers must be positive, not {workers}")
     dev = _device(device)
-    if pool not in POOLS:
-        raise PrecomputeError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
     t0 = time.perf_counter()
     plan = plan_changes(scan, writer.known_files())
     res = ComputeResult(plan=plan, workers=workers, device=str(dev), pool=pool)
@@ -247,6 +242,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
         refill()
         while jobs:
             future, job, alone = jobs.popleft()
+            in_flight -= len(job)
             try:
                 outs = future.result()
                 deaths = 0
@@ -264,14 +260,12 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
                     lost += other
                 jobs.clear()
                 suspects.extendleft(reversed(lost))
-                in_flight = len(job)  # lost files are counted again when resubmitted
+                in_flight = 0  # lost files are counted again when resubmitted
                 runner.restart()
                 if not alone:
-                    in_flight = 0
                     refill()
                     continue
                 outs = [_worker_died(job[0])]
-            in_flight -= len(job)
             for i, out in enumerate(outs):
                 nbytes = out.mels.nbytes if out.mels is not None else 0
                 batch.append(out)

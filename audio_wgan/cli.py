@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "demo_data",
     "precompute",
     "store_info",
+    "compact",
     "train",
     "render",
     "generate",

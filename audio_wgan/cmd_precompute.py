@@ -47,8 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N",
                    help="files per write batch, at most 32 MB of rows (default 256)")
+    p.add_argument("--compact", choices=("auto", "always", "never"), default="auto",
+                   help="drop the rows of replaced or deleted files by rewriting the live "
+                   "ones: auto (once they are a quarter of the store and fill a chunk), "
+                   "always, never (default auto; see also `audio-wgan compact`)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
+
+
+COMPACT = {"auto": None, "always": True, "never": False}
 
 
 MEL_ARGS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "f_min", "f_max",
@@ -80,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         with progress_listener(show), quiet_prefect_console():
             summary = precompute(args.data_dir, args.store, mel or None,
                                  batch_size=args.batch_size, workers=args.workers,
-                                 device=args.device, pool=args.pool)
+                                 device=args.device, pool=args.pool,
+                                 compact=COMPACT[args.compact])
     except (StoreError, PrecomputeError) as exc:
         if tty:
             print(file=sys.stderr)
@@ -127,6 +135,9 @@ def format_summary(s: dict[str, Any]) -> str:
         lines += [f"  {r['path']}: {r['reason']}" for r in s["ignored"]]
     if s["empty_classes"]:
         lines.append("class folders without usable clips: " + ", ".join(s["empty_classes"]))
+    if s["compacted_rows"]:
+        lines.append(f"compacted: dropped {s['compacted_rows']} rows of replaced or removed "
+                     "files")
     lines.append(f"store {'changed' if s['changed'] else 'unchanged'}, "
                  f"fingerprint {s['fingerprint']}")
     return "\n".join(lines)

@@ -28,13 +28,16 @@ from tasks.precompute import (
 @flow(name="precompute")
 def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
                batch_size: int = DEFAULT_BATCH_FILES, workers: int | None = None,
-               device: str = "auto", pool: str = "threads") -> dict[str, Any]:
+               device: str = "auto", pool: str = "threads",
+               compact: bool | None = None) -> dict[str, Any]:
     """Scan DATA_DIR/<class>/**, compute log-mels of new/changed clips, update STORE.
 
     `mel` overrides MelConfig fields (a new store starts from the defaults; an existing
     store keeps its own and refuses changes). `workers` threads or, with `pool="processes"`,
     worker processes (default: all cores; processes pay off on large sets of short clips);
     the mel runs on `device` ("auto": the GPU when CUDA has one, else the CPU).
+    Rows of replaced or deleted files are dropped by compaction when `compact` is True, or,
+    when None, once they are a quarter of the store and at least one chunk.
     Returns the run summary.
     """
     started = time.time()
@@ -45,7 +48,8 @@ def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
     try:
         result = compute_and_append(writer, quote(scan), batch_size=batch_size,
                                     workers=workers, device=device, pool=pool)
-        summary = finalize_store(writer, quote(result), str(data_dir), started)
+        summary = finalize_store(writer, quote(result), str(data_dir), started,
+                                 compact=compact)
     finally:
         writer.close()
     publish_summary(quote(summary))

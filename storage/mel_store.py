@@ -15,6 +15,9 @@ Layout of `<store>/` (a Zarr v3 group):
 
 Rows are append-only: a replaced or deleted source file's rows become dead (no longer owned
 by the manifest) but are never rewritten, so a reader is safe while a writer appends.
+Compaction drops dead rows by copying the live ones into a new generation of the arrays
+(`gen<g>/`, see `storage.store_generations`); an open `MelStore` holds a lease on its
+generation, so the arrays it reads are not deleted under it.
 Live rows are served in canonical order (source path, then offset), which does not depend
 on the order or the interruptions in which the store was built.
 """
@@ -35,6 +38,7 @@ import zarr
 
 from gan.spectral import MelConfig
 from storage.store_errors import StoreError
+from storage.store_generations import LEASE_RETRIES, ReaderLease, generation_prefix
 from storage.store_manifest import MANIFEST_FILE, FileEntry, Manifest, read_manifest
 
 if TYPE_CHECKING:
@@ -68,17 +72,22 @@ class MelStore:
     """Read-only view of the committed rows of a mel store.
 
     Open with `MelStore.open(path)`; the view is a snapshot of the manifest at open time.
+    It holds a lease on the arrays it reads until `close()` (or until it is garbage
+    collected), so that a compaction meanwhile keeps them.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, group: zarr.Group) -> None:
+    def __init__(self, path: Path, manifest: Manifest, group: zarr.Group,
+                 lease: ReaderLease | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.classes: list[str] = list(manifest.classes)
         self.mel_config: MelConfig = manifest.mel_config
         self.fingerprint: str = manifest.fingerprint()
-        self._mels = group[MELS]
-        self._offsets_arr = group[OFFSET]
-        self._sums_arr = group[MEL_SUMS]
+        self._lease = lease
+        prefix = generation_prefix(manifest.generation)
+        self._mels = group[prefix + MELS]
+        self._offsets_arr = group[prefix + OFFSET]
+        self._sums_arr = group[prefix + MEL_SUMS]
         self._chunk_rows = int(self._mels.chunks[0])
         entries = manifest.live_entries()
         self._entries = entries
@@ -103,20 +112,43 @@ class MelStore:
         if not p.is_dir():
             raise StoreError(f"no mel store at {p}; run `audio-wgan precompute DATA_DIR "
                              f"--store {p}` first")
-        try:
-            manifest = read_manifest(p)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"{p}/{MANIFEST_FILE} is unreadable: {_one_line(exc)}") from None
-        if manifest is None:
-            raise StoreError(f"{p} is not a mel store (no committed {MANIFEST_FILE}); "
-                             f"run `audio-wgan precompute DATA_DIR --store {p}`")
+        manifest = _read(p)
+        for _ in range(LEASE_RETRIES):
+            # lease the generation, then check it is still the committed one: a compaction
+            # may have moved on (and deleted it) between the two reads
+            lease = ReaderLease(p, manifest.generation).acquire()
+            latest = _read(p)
+            if latest.generation == manifest.generation:
+                manifest = latest
+                break
+            lease.release()
+            manifest = latest
+        else:
+            raise StoreError(f"store {p} keeps being compacted; try again")
         try:
             group = zarr.open_group(p, mode="r", use_consolidated=False)
-            return cls(p, manifest, group)
+            return cls(p, manifest, group, lease)
         except (KeyError, FileNotFoundError, ValueError) as exc:
+            lease.release()
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"store {p} is damaged: {_one_line(exc)}") from None
+        except BaseException:
+            lease.release()
+            raise
+
+    def close(self) -> None:
+        """Release the lease on the arrays (a later compaction may then delete them); reads
+        after this raise StoreError instead of serving arrays that may be gone."""
+        if self._lease is not None:
+            self._lease.release()
+        self._mels = self._offsets_arr = self._sums_arr = _Closed(self.path)
+
+    def __enter__(self) -> MelStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def create_or_open_for_write(cls, path: str | Path, mel: dict[str, Any] | None = None
@@ -342,12 +374,37 @@ class MelStore:
             "nbytes_live": self.nbytes_live(),
             "stored_rows": m.rows,
             "dead_rows": m.rows - len(self),
+            "generation": m.generation,
             "chunk_rows": self._chunk_rows,
             "fingerprint": self.fingerprint,
             "stats": {"mean_db": float(mean.mean()) if len(mean) else None,
                       "std_db": float(std.mean()) if len(std) else None},
             "format_version": m.format_version,
         }
+
+
+class _Closed:
+    """Stands in for the arrays of a closed MelStore."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __getattr__(self, name: str) -> Any:
+        raise StoreError(f"store {self.path} was closed")
+
+    def __getitem__(self, key: Any) -> Any:
+        raise StoreError(f"store {self.path} was closed")
+
+
+def _read(p: Path) -> Manifest:
+    try:
+        manifest = read_manifest(p)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{p}/{MANIFEST_FILE} is unreadable: {_one_line(exc)}") from None
+    if manifest is None:
+        raise StoreError(f"{p} is not a mel store (no committed {MANIFEST_FILE}); "
+                         f"run `audio-wgan precompute DATA_DIR --store {p}`")
+    return manifest
 
 
 def _one_line(exc: BaseException) -> str:
@@ -360,7 +417,8 @@ def describe(info: dict[str, Any]) -> str:
     mel = info["mel"]
     lines = [
         f"store        {info['path']}",
-        f"rows         {info['rows']} live ({info['dead_rows']} dead) from {info['files']} files",
+        f"rows         {info['rows']} live ({info['dead_rows']} dead) from {info['files']} files"
+        + (" (`audio-wgan compact` drops the dead ones)" if info["dead_rows"] else ""),
         f"size         {info['bytes'] / 1e6:.1f} MB on disk, "
         f"{info['nbytes_live'] / 1e6:.1f} MB as float16",
         f"mel          {mel['n_mels']} mels x {mel['frames']} frames @ {mel['sample_rate']} Hz "

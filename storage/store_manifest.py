@@ -1,7 +1,8 @@
 """The mel store's manifest: the one source of truth for which rows are live.
 
-The Zarr arrays only ever grow by appending; a row becomes visible when the manifest that
-owns it is committed (atomically: temp file, fsync, `os.replace`, fsync of the directory).
+The Zarr arrays only ever grow by appending (until a compaction copies the live rows into
+a new generation of arrays); a row becomes visible when the manifest that owns it is
+committed (atomically: temp file, fsync, `os.replace`, fsync of the directory).
 Everything a reader needs besides the row data lives here: the mel configuration, class
 names, source files with content hashes and the physical row range each one owns,
 rejected/ignored files, and normalisation statistics tagged with the fingerprint they
@@ -21,7 +22,10 @@ from storage.atomic_files import atomic_write_bytes
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "audio-wgan-mel-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this code reads and writes
+# version 1: arrays at the group root; version 2 adds compaction generations (arrays of
+# generation g > 0 under `gen<g>/`). A store is written as version 1 until it is first
+# compacted, so older code keeps reading it and refuses (one line) only compacted ones.
 # bump when the decode/segment/mel code changes what a file turns into (part of the fingerprint)
 FEATURE_VERSION = 1
 
@@ -66,7 +70,11 @@ class Manifest:
     empty_classes: list[str] = field(default_factory=list)
     stats: dict[str, Any] | None = None
     commits: int = 0
-    format_version: int = FORMAT_VERSION
+    generation: int = 0  # which copy of the arrays holds the rows (bumped by compaction)
+
+    @property
+    def format_version(self) -> int:
+        return 2 if self.generation else 1
 
     @property
     def mel_config(self) -> MelConfig:
@@ -110,6 +118,7 @@ class Manifest:
             "empty_classes": self.empty_classes,
             "stats": self.stats,
             "commits": self.commits,
+            "generation": self.generation,
         }
 
     @classmethod
@@ -131,7 +140,7 @@ class Manifest:
             empty_classes=list(d.get("empty_classes", [])),
             stats=d.get("stats"),
             commits=int(d.get("commits", 0)),
-            format_version=int(d.get("format_version", FORMAT_VERSION)),
+            generation=int(d.get("generation", 0)),
         )
 
 

@@ -39,10 +39,15 @@ from storage.mel_store import (
     rows_per_chunk,
 )
 from storage.store_errors import StoreError
+from storage.store_generations import (
+    LEASE_PREFIX,
+    generation_prefix,
+    remove_generation,
+    remove_unused_generations,
+)
 from storage.store_lock import LOCK_FILE, StoreLock
 from storage.store_manifest import (
     FORMAT,
-    FORMAT_VERSION,
     MANIFEST_FILE,
     FileEntry,
     Manifest,
@@ -61,6 +66,11 @@ MEL_CLEVEL = 1
 # 1.4x (FSDD) / 1.6x (ESC-10) faster than Blosc's automatic size and compress 6-9% smaller.
 MEL_BLOCKSIZE = 1 << 20
 SUMS_CHUNK_ROWS = 256  # 512 KiB at 128 mels
+# Automatic compaction (at the end of a precompute) once dead rows are at least this share
+# of the stored rows and fill at least one mel chunk: each compaction then copies at most
+# three live rows per dead row it drops, and never runs for less than a chunk of space.
+COMPACT_DEAD_FRACTION = 0.25
+COPY_BYTES = 32 << 20  # rows copied per block while compacting
 
 
 @dataclass
@@ -131,16 +141,21 @@ class MelStoreWriter:
         self.created = created  # made by this writer: may be removed again if left empty
         self._lock = lock
         self._group = group
-        self._mels = group[MELS]
-        self._labels = group[LABELS]
-        self._source = group[SOURCE]
-        self._offset = group[OFFSET]
-        self._sums = group[MEL_SUMS]
-        self._arrays = (self._mels, self._labels, self._source, self._offset, self._sums)
-        self._chunk_rows = int(self._mels.chunks[0])
+        self._use_generation(manifest.generation)
         self._dirty = False
         self._last_commit = (0.0, 0.0)  # (end time, duration)
         self.fingerprint_at_open = manifest.fingerprint()
+
+    def _use_generation(self, generation: int) -> None:
+        prefix = generation_prefix(generation)
+        g = self._group
+        self._mels = g[prefix + MELS]
+        self._labels = g[prefix + LABELS]
+        self._source = g[prefix + SOURCE]
+        self._offset = g[prefix + OFFSET]
+        self._sums = g[prefix + MEL_SUMS]
+        self._arrays = (self._mels, self._labels, self._source, self._offset, self._sums)
+        self._chunk_rows = int(self._mels.chunks[0])
 
     # ------------------------------------------------------------- open / close
     @classmethod
@@ -168,6 +183,8 @@ class MelStoreWriter:
         _remove_partials(p)
         if manifest is not None:
             cfg = resolve_mel_config(manifest.mel, mel, p)
+            # a compaction killed before its commit, or old arrays no reader holds now
+            remove_unused_generations(p, manifest.generation)
             try:
                 group = zarr.open_group(p, mode="r+", use_consolidated=False)
                 writer = cls(p, lock, manifest, group, created=False)
@@ -175,11 +192,12 @@ class MelStoreWriter:
                 raise StoreError(f"store {p} is damaged ({exc}); use a new --store") from None
             assert writer.mel_config == cfg
             return writer
-        others = [n for n in os.listdir(p) if n != LOCK_FILE]
+        others = [n for n in os.listdir(p) if n != LOCK_FILE and not n.startswith(LEASE_PREFIX)]
         if others and not _is_unfinished_store(p):
             raise StoreError(f"{p} exists and is not a mel store; use a new --store")
         cfg = resolve_mel_config(None, mel, p)
-        group = _create_layout(p, cfg)
+        group = _create_group(p)
+        _create_arrays(group, "", cfg)
         manifest = Manifest(mel=cfg.to_dict())
         commit_manifest(p, manifest)
         return cls(p, lock, manifest, group, created=True)
@@ -298,8 +316,9 @@ class MelStoreWriter:
         return self.manifest.live_rows()
 
     # ------------------------------------------------------------- end of run
-    def finalize(self) -> dict[str, Any]:
-        """Trim uncommitted rows, refresh statistics and attributes, consolidate metadata."""
+    def finalize(self, compact: bool | None = None) -> dict[str, Any]:
+        """Trim uncommitted rows, refresh statistics and attributes, consolidate metadata;
+        then compact (drop dead rows) when `compact`, or, when None, once worthwhile."""
         self.commit()
         rows = self.manifest.rows
         resized = self._mels.shape[0] != rows
@@ -316,19 +335,68 @@ class MelStoreWriter:
             self._dirty = True
         fault_point("finalize")
         changed = self.commit()
-        attrs = self._group.attrs.asdict()
-        if changed or resized or attrs.get("fingerprint") != fp or "mel" not in attrs:
-            self._write_attrs(fp)  # and re-consolidate, so other Zarr readers see the shapes
+        dropped = 0
+        if self.dead_rows() and (compact or (compact is None and self.should_compact())):
+            dropped = self.compact()["dropped_rows"]  # writes the attributes too
+        else:
+            attrs = self._group.attrs.asdict()
+            if changed or resized or attrs.get("fingerprint") != fp or "mel" not in attrs:
+                self._write_attrs(fp)  # and re-consolidate: other Zarr readers see the shapes
         return {"fingerprint": fp, "rows": self.manifest.live_rows(),
-                "stored_rows": rows}
+                "stored_rows": self.manifest.rows, "compacted_rows": dropped}
+
+    # ------------------------------------------------------------- compaction
+    def dead_rows(self) -> int:
+        """Committed rows no file owns any more (replaced or removed files)."""
+        return self.manifest.rows - self.manifest.live_rows()
+
+    def should_compact(self) -> bool:
+        dead = self.dead_rows()
+        return dead >= max(COMPACT_DEAD_FRACTION * self.manifest.rows, self._chunk_rows)
+
+    def compact(self) -> dict[str, int]:
+        """Drop dead rows: copy the live rows into a new generation of arrays, commit the
+        manifest that points at it, then delete the old generation unless a reader still
+        holds it (a later writer deletes it then). What readers are served (rows, their
+        order, labels, fingerprint, statistics) does not change.
+
+        Crash safe by the same ordering as appends: a compaction killed before its commit
+        leaves a partial new generation that the next writer deletes; after it, an old
+        one that the next writer deletes.
+        """
+        self.commit()
+        m = self.manifest
+        before = m.rows
+        gen = m.generation + 1
+        prefix = generation_prefix(gen)
+        remove_generation(self.path, gen)  # what a compaction killed earlier left
+        entries = sorted(m.files.values(), key=lambda e: e.start)  # sequential reads
+        live = m.live_rows()
+        _create_arrays(self._group, prefix, self.mel_config, rows=live)
+        dst = tuple(self._group[prefix + name] for name in (MELS, LABELS, SOURCE, OFFSET,
+                                                              MEL_SUMS))
+        files = _copy_rows(self._arrays, dst, entries, self._chunk_rows)
+        fault_point("compact_copied")
+        new = dataclasses.replace(m, files=files, rows=live, generation=gen)
+        commit_manifest(self.path, new)
+        self.manifest = new
+        self._use_generation(gen)
+        self._dirty = False
+        fault_point("compact_committed")
+        kept_old = gen - 1 not in remove_unused_generations(self.path, gen)
+        self._write_attrs(new.fingerprint())
+        return {"dropped_rows": before - live, "rows": live, "generation": gen,
+                "old_generation_kept": int(kept_old)}
 
     def _write_attrs(self, fp: str) -> None:
         m = self.manifest
         stats = m.stats or {}
         self._group.attrs.update({
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": m.format_version,
             "manifest": MANIFEST_FILE,
+            "generation": m.generation,
+            "arrays": generation_prefix(m.generation) or "/",
             "mel": m.mel,
             "classes": m.classes,
             "fingerprint": fp,
@@ -353,24 +421,74 @@ class MelStoreWriter:
             arr.resize((target, *arr.shape[1:]))
 
 
-def _create_layout(p: Path, cfg: MelConfig) -> zarr.Group:
+def _create_group(p: Path) -> zarr.Group:
     group = zarr.open_group(p, mode="a", zarr_format=3, use_consolidated=False)
-    group.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
-                        "manifest": MANIFEST_FILE})
+    group.attrs.update({"format": FORMAT, "format_version": 1, "manifest": MANIFEST_FILE})
+    return group
+
+
+def _create_arrays(group: zarr.Group, prefix: str, cfg: MelConfig, rows: int = 0) -> None:
+    """The arrays of one generation (`prefix` "" or "gen<g>/"), `rows` long."""
     rpc = rows_per_chunk(cfg)
     blosc = BloscCodec(cname="zstd", clevel=MEL_CLEVEL, shuffle="shuffle",
                        blocksize=MEL_BLOCKSIZE)
-    group.create_array(MELS, shape=(0, cfg.n_mels, cfg.frames), chunks=(rpc, cfg.n_mels,
-                       cfg.frames), dtype="float16", compressors=blosc, fill_value=0,
-                       overwrite=True)
+    group.create_array(prefix + MELS, shape=(rows, cfg.n_mels, cfg.frames),
+                       chunks=(rpc, cfg.n_mels, cfg.frames), dtype="float16",
+                       compressors=blosc, fill_value=0, overwrite=True)
     int_codec = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
     for name, dtype in ((LABELS, "int32"), (SOURCE, "int32"), (OFFSET, "int64")):
-        group.create_array(name, shape=(0,), chunks=(INDEX_CHUNK_ROWS,), dtype=dtype,
-                           compressors=int_codec, fill_value=-1, overwrite=True)
-    group.create_array(MEL_SUMS, shape=(0, 2, cfg.n_mels), chunks=(SUMS_CHUNK_ROWS, 2,
-                       cfg.n_mels), dtype="float64", compressors=int_codec, fill_value=0.0,
-                       overwrite=True)
-    return group
+        group.create_array(prefix + name, shape=(rows,), chunks=(INDEX_CHUNK_ROWS,),
+                           dtype=dtype, compressors=int_codec, fill_value=-1, overwrite=True)
+    group.create_array(prefix + MEL_SUMS, shape=(rows, 2, cfg.n_mels),
+                       chunks=(SUMS_CHUNK_ROWS, 2, cfg.n_mels), dtype="float64",
+                       compressors=int_codec, fill_value=0.0, overwrite=True)
+
+
+def _copy_rows(src: tuple[zarr.Array, ...], dst: tuple[zarr.Array, ...],
+               entries: list[FileEntry], chunk_rows: int) -> dict[str, FileEntry]:
+    """Copy the rows of `entries` (in physical order) from the `src` arrays to the start
+    of the `dst` ones, packed; return the entries with their new row ranges.
+
+    Reads whole runs of consecutive live rows; writes whole chunks (a partial chunk only
+    at the end), in blocks of about COPY_BYTES, so memory stays bounded.
+    """
+    row_bytes = sum(a.dtype.itemsize * math.prod(a.shape[1:]) for a in src)
+    block = max(1, COPY_BYTES // (row_bytes * chunk_rows)) * chunk_rows
+    runs: list[list[int]] = []
+    for e in entries:
+        if runs and runs[-1][1] == e.start:
+            runs[-1][1] = e.stop
+        elif e.stop > e.start:
+            runs.append([e.start, e.stop])
+    pending: list[list[np.ndarray]] = [[] for _ in src]
+    held = written = 0
+
+    def flush(n: int) -> None:
+        nonlocal held, written
+        for i, arr in enumerate(dst):
+            data = np.concatenate(pending[i]) if len(pending[i]) > 1 else pending[i][0]
+            arr[written:written + n] = data[:n]
+            pending[i] = [data[n:]] if n < len(data) else []
+        held -= n
+        written += n
+        fault_point("compact_block")
+
+    for start, stop in runs:
+        for lo in range(start, stop, block):
+            hi = min(stop, lo + block)
+            for i, arr in enumerate(src):
+                pending[i].append(np.asarray(arr[lo:hi]))
+            held += hi - lo
+            if held >= block:
+                flush(held // chunk_rows * chunk_rows)
+    if held:
+        flush(held)
+    out, pos = {}, 0
+    for e in entries:
+        out[e.path] = dataclasses.replace(e, start=pos, stop=pos + e.n_rows)
+        pos += e.n_rows
+    assert pos == written
+    return out
 
 
 def _is_unfinished_store(p: Path) -> bool:

@@ -335,10 +335,10 @@ def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult
 @task(name="finalize-store", retries=1, retry_delay_seconds=1,
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
 def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
-                   started: float) -> dict[str, Any]:
-    """Record rejected/ignored files, trim, statistics, attributes; build the summary.
-
-    A store this run created that ends up without a single row is removed again.
+                   started: float, compact: bool | None = None) -> dict[str, Any]:
+    """Record rejected/ignored files, trim, statistics, attributes, compaction (`compact`:
+    None = once dead rows are worth it, see MelStoreWriter.should_compact); build the
+    summary. A store this run created that ends up without a single row is removed again.
     """
     plan = result.plan
     scan = plan.scan
@@ -346,7 +346,7 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
     kept_classes = {p.split("/", 1)[0] for p in writer.manifest.files}
     empty = [c for c in scan.class_dirs if c not in kept_classes]
     writer.set_reports(rejected, scan.ignored, empty)
-    fin = writer.finalize()
+    fin = writer.finalize(compact=compact)
     m = writer.manifest
     per_label = [0] * len(m.classes)
     for e in m.files.values():
@@ -357,6 +357,7 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
         "data_dir": str(data_dir),
         "rows": fin["rows"],
         "stored_rows": fin["stored_rows"],
+        "compacted_rows": fin["compacted_rows"],
         "files": len(m.files),
         "added_files": len(result.added),
         "replaced_files": len(result.replaced),
@@ -400,7 +401,8 @@ def publish_summary(summary: dict[str, Any]) -> None:
     create_table_artifact(rejected, key="precompute-rejected",
                           description=f"{len(summary['rejected'])} rejected files")
     keys = ("rows", "files", "added_files", "replaced_files", "removed_files",
-            "unchanged_files", "processed_files", "new_rows", "changed", "seconds",
+            "unchanged_files", "processed_files", "new_rows", "compacted_rows", "changed",
+            "seconds",
             "clips_per_s", "workers", "pool", "device", "fingerprint")
     create_table_artifact([{"metric": k, "value": str(summary[k])} for k in keys],
                           key="precompute-summary", description="precompute run summary")

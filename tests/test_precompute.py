@@ -38,7 +38,7 @@ def data(tmp_path: Path, write_tone: Callable[..., Path]) -> Path:
 def run(data: Path, store: Path, **kw: object) -> dict:
     return precompute(str(data), str(store), mel=kw.pop("mel", MEL), batch_size=kw.pop(
         "batch_size", 2), workers=kw.pop("workers", 2), device=kw.pop("device", "auto"),
-        pool=kw.pop("pool", "threads"))
+        pool=kw.pop("pool", "threads"), compact=kw.pop("compact", None))
 
 
 def test_flow_builds_store_with_policies(data: Path, tmp_path: Path) -> None:
@@ -113,6 +113,14 @@ def test_incremental_runs(data: Path, tmp_path: Path,
     np.testing.assert_array_equal(fr.load()[0], st.load()[0])
     assert fresh["rows"] == s["rows"]
     np.testing.assert_allclose(fr.stats()[0], st.stats()[0], rtol=1e-6)
+    # compaction drops the 3 dead rows; the store still serves what the fresh build does
+    c = run(data, store, compact=True)
+    assert c["compacted_rows"] == 3 and c["stored_rows"] == c["rows"] == s["rows"]
+    assert c["processed_files"] == 0 and not c["changed"]  # same content, same fingerprint
+    st = MelStore.open(store)
+    assert st.info()["dead_rows"] == 0 and st.row_sources() == fr.row_sources()
+    np.testing.assert_array_equal(fr.load()[0], st.load()[0])
+    assert run(data, store)["compacted_rows"] == 0
 
 
 def test_mel_change_on_existing_store_refused(data: Path, tmp_path: Path) -> None:

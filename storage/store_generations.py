@@ -1,0 +1,151 @@
+"""Generations of a mel store's arrays, and the reader leases that keep one alive.
+
+Compaction never rewrites the arrays readers may have open: it copies the live rows into
+a new generation (`gen<g>/` inside the store; generation 0 is the group root, as written
+before compaction existed), then commits the manifest that points at it. An old generation
+is deleted only once no reader holds it: every `MelStore` holds a shared `flock` on
+`.readers-gen<g>.lock` while it is open, and the writer deletes generation g only if it can
+take that lock exclusively. `fcntl.flock` is released by the kernel when its holder dies,
+so a killed reader never pins a generation for good.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+import weakref
+from pathlib import Path
+
+from storage.store_errors import StoreError
+
+GEN_DIR = re.compile(r"^gen(\d+)$")
+LEASE_PREFIX = ".readers-gen"
+# the arrays of one generation (their names in storage.mel_store)
+ARRAY_NAMES = ("mels", "labels", "source", "offset", "mel_sums")
+LEASE_RETRIES = 20
+
+
+def generation_prefix(generation: int) -> str:
+    """Path of a generation's arrays inside the store group ("" for the root)."""
+    return f"gen{generation}/" if generation else ""
+
+
+def lease_path(store: Path, generation: int) -> Path:
+    return store / f"{LEASE_PREFIX}{generation}.lock"
+
+
+class ReaderLease:
+    """A shared lock on one generation, held from `acquire` until `release`, or until the
+    lease is garbage collected or its process exits. Stores on read-only media cannot be
+    leased, nor compacted: no lease is taken there."""
+
+    def __init__(self, store: Path, generation: int) -> None:
+        self.store = store
+        self.generation = generation
+        self._close: weakref.finalize | None = None
+
+    def acquire(self) -> ReaderLease:
+        try:
+            fd = os.open(lease_path(self.store, self.generation), os.O_RDWR | os.O_CREAT,
+                         0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return self  # read-only store: nobody can compact it either
+            raise StoreError(f"cannot open the reader lease of {self.store}: "
+                             f"{exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a generation is deleted
+        except BaseException:
+            os.close(fd)
+            raise
+        self._close = weakref.finalize(self, os.close, fd)  # closing the fd drops the lock
+        return self
+
+    def release(self) -> None:
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+    @property
+    def held(self) -> bool:
+        return self._close is not None and self._close.alive
+
+
+def generations_on_disk(store: Path) -> set[int]:
+    """Generations whose arrays (or part of them) exist in the store directory."""
+    found = set()
+    if any((store / name).exists() for name in ARRAY_NAMES):
+        found.add(0)
+    try:
+        names = os.listdir(store)
+    except FileNotFoundError:
+        return found
+    for n in names:
+        m = GEN_DIR.match(n)
+        if m:
+            found.add(int(m.group(1)))
+    return found
+
+
+def remove_generation(store: Path, generation: int) -> None:
+    """Delete a generation's arrays (the caller holds the writer lock)."""
+    if generation:
+        shutil.rmtree(store / f"gen{generation}", ignore_errors=True)
+    else:
+        for name in ARRAY_NAMES:
+            shutil.rmtree(store / name, ignore_errors=True)
+
+
+def remove_unused_generations(store: Path, current: int) -> list[int]:
+    """Delete every generation but `current` that no reader holds; return those deleted.
+
+    Generations above `current` were never committed (a compaction killed before its
+    manifest commit): no reader can hold them. Older ones go when their lease is free;
+    a reader that still has one open keeps it until a later writer finds it free.
+    """
+    removed = []
+    for g in sorted(generations_on_disk(store) - {current}):
+        if g > current:
+            remove_generation(store, g)
+            removed.append(g)
+            continue
+        path = lease_path(store, g)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a reader still has this generation open
+            remove_generation(store, g)
+            # a reader waiting on this lock re-reads the manifest and moves on
+            os.unlink(path)
+            removed.append(g)
+        finally:
+            os.close(fd)
+    for n in os.listdir(store):
+        if n.startswith(LEASE_PREFIX) and n.endswith(".lock"):
+            g = n[len(LEASE_PREFIX):-len(".lock")]
+            if g.isdigit() and int(g) not in generations_on_disk(store) | {current}:
+                _unlink_if_free(store / n)
+    return removed
+
+
+def _unlink_if_free(path: Path) -> None:
+    """A lease file of a generation already gone (left by a killed clean-up)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -450,17 +450,15 @@ def _copy_rows(src: tuple[zarr.Array, ...], dst: tuple[zarr.Array, ...],
     """Copy the rows of `entries` (in physical order) from the `src` arrays to the start
     of the `dst` ones, packed; return the entries with their new row ranges.
 
-    Reads whole runs of consecutive live rows; writes whole chunks (a partial chunk only
-    at the end), in blocks of about COPY_BYTES, so memory stays bounded.
+    Reads chunk-aligned blocks of about COPY_BYTES once each (live rows are often scattered
+    a few at a time among dead ones: reading each run alone decompressed its chunks again
+    and again) and writes whole chunks (a partial one only at the end), so memory stays
+    bounded by a few blocks.
     """
     row_bytes = sum(a.dtype.itemsize * math.prod(a.shape[1:]) for a in src)
     block = max(1, COPY_BYTES // (row_bytes * chunk_rows)) * chunk_rows
-    runs: list[list[int]] = []
-    for e in entries:
-        if runs and runs[-1][1] == e.start:
-            runs[-1][1] = e.stop
-        elif e.stop > e.start:
-            runs.append([e.start, e.stop])
+    phys = (np.concatenate([np.arange(e.start, e.stop, dtype=np.int64) for e in entries])
+            if entries else np.zeros(0, dtype=np.int64))
     pending: list[list[np.ndarray]] = [[] for _ in src]
     held = written = 0
 
@@ -474,14 +472,18 @@ def _copy_rows(src: tuple[zarr.Array, ...], dst: tuple[zarr.Array, ...],
         written += n
         fault_point("compact_block")
 
-    for start, stop in runs:
-        for lo in range(start, stop, block):
-            hi = min(stop, lo + block)
-            for i, arr in enumerate(src):
-                pending[i].append(np.asarray(arr[lo:hi]))
-            held += hi - lo
-            if held >= block:
-                flush(held // chunk_rows * chunk_rows)
+    cuts = np.flatnonzero(np.diff(phys // block)) + 1
+    for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(phys)].tolist(), strict=True):
+        if hi <= lo:
+            continue
+        first, last = int(phys[lo]), int(phys[hi - 1])
+        take = phys[lo:hi] - first
+        for i, arr in enumerate(src):
+            data = np.asarray(arr[first:last + 1])
+            pending[i].append(data if len(take) == len(data) else data[take])
+        held += hi - lo
+        if held >= block:
+            flush(held // chunk_rows * chunk_rows)
     if held:
         flush(held)
     out, pos = {}, 0

@@ -29,3 +29,12 @@ def test_worker_process_pool_computes_every_file(shared_data: Path) -> None:
     res = process_pool(paths, 2)  # spawned workers: chunks of 16 files
     assert res["rows"] == 40
     assert 0 < res["startup"] < res["total"] and 0 < res["compute"] < res["total"]
+
+
+def test_compaction_bench_on_a_few_clips(shared_data: Path, tmp_path: Path) -> None:
+    from bench.bench_compaction import report, run_dataset
+
+    res = run_dataset("fsdd", list_files(shared_data / "fsdd", limit=9), 1, tmp_path)
+    assert (res["rows"], res["dead"], res["dropped"]) == (6, 3, 3)  # every third file deleted
+    assert res["mb_after"] < res["mb_before"]
+    assert "| fsdd | 6 | 3 |" in report([res], 1)

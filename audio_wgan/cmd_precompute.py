@@ -135,6 +135,8 @@ def format_summary(s: dict[str, Any]) -> str:
         lines += [f"  {r['path']}: {r['reason']}" for r in s["ignored"]]
     if s["empty_classes"]:
         lines.append("class folders without usable clips: " + ", ".join(s["empty_classes"]))
+    if s["compaction_error"]:
+        lines.append(f"not compacted: {s['compaction_error']}")
     if s["compacted_rows"]:
         lines.append(f"compacted: dropped {s['compacted_rows']} rows of replaced or removed "
                      "files")

@@ -329,15 +329,19 @@ class MelStoreWriter:
             self._dirty = True
         fault_point("finalize")
         changed = self.commit()
-        dropped = 0
+        dropped, error = 0, ""
         if self.dead_rows() and (compact or (compact is None and self.should_compact())):
-            dropped = self.compact()["dropped_rows"]  # writes the attributes too
-        else:
+            try:
+                dropped = self.compact()["dropped_rows"]  # writes the attributes too
+            except StoreError as exc:  # e.g. a full disk: the rows are committed, keep them
+                error = str(exc)
+        if not dropped:
             attrs = self._group.attrs.asdict()
             if changed or resized or attrs.get("fingerprint") != fp or "mel" not in attrs:
                 self._write_attrs(fp)  # and re-consolidate: other Zarr readers see the shapes
         return {"fingerprint": fp, "rows": self.manifest.live_rows(),
-                "stored_rows": self.manifest.rows, "compacted_rows": dropped}
+                "stored_rows": self.manifest.rows, "compacted_rows": dropped,
+                "compaction_error": error}
 
     # ------------------------------------------------------------- compaction
     def dead_rows(self) -> int:
@@ -366,11 +370,17 @@ class MelStoreWriter:
         remove_generation(self.path, gen)  # what a compaction killed earlier left
         entries = sorted(m.files.values(), key=lambda e: e.start)  # sequential reads
         live = m.live_rows()
-        _create_arrays(self._group, prefix, self.mel_config, rows=live)
-        dst = _open_arrays(self._group, prefix)
-        files = _copy_rows(self._arrays, dst, entries, self._chunk_rows)
+        new = dataclasses.replace(m, rows=live, generation=gen)
+        try:
+            _create_arrays(self._group, prefix, self.mel_config, rows=live)
+            dst = _open_arrays(self._group, prefix)
+            new.files = _copy_rows(self._arrays, dst, entries, self._chunk_rows)
+        except OSError as exc:  # a full disk, most likely: nothing was committed
+            remove_generation(self.path, gen)
+            raise StoreError(f"compaction of {self.path} failed ({exc.strerror or exc}); the "
+                             "store is unchanged") from None
         fault_point("compact_copied")
-        new = dataclasses.replace(m, files=files, rows=live, generation=gen)
+        # a commit that fails leaves the new generation to the next writer's clean-up
         commit_manifest(self.path, new)
         self.manifest = new
         self._use_generation(gen)

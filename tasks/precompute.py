@@ -358,6 +358,7 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
         "rows": fin["rows"],
         "stored_rows": fin["stored_rows"],
         "compacted_rows": fin["compacted_rows"],
+        "compaction_error": fin["compaction_error"],
         "files": len(m.files),
         "added_files": len(result.added),
         "replaced_files": len(result.replaced),
@@ -406,6 +407,8 @@ def publish_summary(summary: dict[str, Any]) -> None:
             "clips_per_s", "workers", "pool", "device", "fingerprint")
     create_table_artifact([{"metric": k, "value": str(summary[k])} for k in keys],
                           key="precompute-summary", description="precompute run summary")
+    if logger is not None and summary["compaction_error"]:
+        logger.warning("precompute: %s", summary["compaction_error"])
     if logger is not None:
         logger.info("precompute: %d rows from %d files (%d added, %d replaced, %d removed, "
                     "%d rejected) in %.1f s", summary["rows"], summary["files"],

@@ -210,3 +210,29 @@ def test_compact_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert main(["compact", str(store)]) == 2
     err = capsys.readouterr().err.strip()
     assert "is being written by another precompute" in err and "\n" not in err
+
+
+def test_a_failed_copy_leaves_the_store_unchanged(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import storage.store_writer as sw
+
+    store = tmp_path / "s"
+    with_dead_rows(store)
+    before = snapshot(store)
+
+    def full_disk(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sw, "_copy_rows", full_disk)
+    with MelStoreWriter.create_or_open(store) as w, \
+            pytest.raises(StoreError, match=r"failed \(No space left on device\); the store "
+                          "is unchanged"):
+        w.compact()
+    assert "gen1" not in listing(store)
+    with MelStoreWriter.create_or_open(store) as w:  # at the end of a precompute: reported
+        w.append([new_file("d/n.wav", 2, 9)])
+        fin = w.finalize(compact=True)
+    assert fin["compacted_rows"] == 0 and "No space left" in fin["compaction_error"]
+    after = snapshot(store)
+    assert after["sources"] == before["sources"] + ["d/n.wav"] * 2
+    np.testing.assert_array_equal(after["mels"][:-2], before["mels"])

@@ -236,3 +236,27 @@ def test_a_failed_copy_leaves_the_store_unchanged(tmp_path: Path,
     after = snapshot(store)
     assert after["sources"] == before["sources"] + ["d/n.wav"] * 2
     np.testing.assert_array_equal(after["mels"][:-2], before["mels"])
+
+
+def test_a_reader_that_read_the_manifest_just_before_a_compaction_moves_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import storage.mel_store as ms
+    from storage.store_manifest import read_manifest
+
+    store = tmp_path / "s"
+    with_dead_rows(store)
+    before = snapshot(store)
+    stale = read_manifest(store)  # generation 0, as a reader saw it just before...
+    with MelStoreWriter.create_or_open(store) as w:
+        w.compact()  # ...a compaction committed generation 1 and deleted generation 0
+    assert "mels" not in listing(store)
+    reads = iter([stale])
+    monkeypatch.setattr(ms, "read_manifest", lambda p: next(reads, None) or read_manifest(p))
+    with MelStore.open(store) as st:  # leases 0, sees the manifest moved on, leases 1
+        monkeypatch.undo()
+        assert st.manifest.generation == 1
+        with MelStoreWriter.create_or_open(store) as w:
+            assert w.compact()["old_generation_kept"] == 1  # the reader holds generation 1
+        np.testing.assert_array_equal(st.load()[0], before["mels"])
+    MelStoreWriter.create_or_open(store).close()
+    assert [n for n in listing(store) if n.startswith(".readers-gen0")] == []  # cleaned up

@@ -178,13 +178,15 @@ class MelStoreWriter:
         if manifest is not None:
             cfg = resolve_mel_config(manifest.mel, mel, p)
             # a compaction killed before its commit, or old arrays no reader holds now
-            remove_unused_generations(p, manifest.generation)
+            removed = remove_unused_generations(p, manifest.generation)
             try:
                 group = zarr.open_group(p, mode="r+", use_consolidated=False)
                 writer = cls(p, lock, manifest, group, created=False)
             except (KeyError, FileNotFoundError) as exc:
                 raise StoreError(f"store {p} is damaged ({exc}); use a new --store") from None
             assert writer.mel_config == cfg
+            if removed:  # other Zarr tools read the consolidated metadata: drop the arrays
+                writer._write_attrs(manifest.fingerprint())
             return writer
         others = [n for n in os.listdir(p) if n != LOCK_FILE and not n.startswith(LEASE_PREFIX)]
         if others and not _is_unfinished_store(p):

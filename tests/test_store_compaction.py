@@ -109,6 +109,9 @@ def test_an_open_reader_keeps_its_arrays_until_it_closes(tmp_path: Path) -> None
     MelStoreWriter.create_or_open(store).close()  # the next writer deletes it
     assert "mels" not in listing(store)
     assert_same(snapshot(store), before)
+    # and consolidates again: Zarr tools that read the consolidated metadata do not see it
+    consolidated = json.loads((store / "zarr.json").read_text())["consolidated_metadata"]
+    assert "gen1/mels" in consolidated["metadata"] and "mels" not in consolidated["metadata"]
 
 
 def test_a_reader_in_another_process_pins_its_generation_until_killed(tmp_path: Path) -> None:

@@ -48,8 +48,8 @@ class ReaderLease:
         self._close: weakref.finalize | None = None
 
     def acquire(self) -> ReaderLease:
-        try:
-            fd = os.open(lease_path(self.store, self.generation), os.O_RDWR | os.O_CREAT,
+        try:  # read-only is enough for flock: a lease file another user made works too
+            fd = os.open(lease_path(self.store, self.generation), os.O_RDONLY | os.O_CREAT,
                          0o644)
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

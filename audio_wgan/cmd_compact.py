@@ -24,20 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from audio_wgan.cli import UserError
-    from storage.mel_store import MelStore, StoreError, safe_text
+    from storage.mel_store import MelStore, StoreError, disk_bytes, safe_text
     from storage.store_writer import MelStoreWriter
 
     try:
-        before = MelStore.open(args.store)  # a one-line error for anything but a store
-        bytes_before = before.disk_bytes()
-        before.close()
+        MelStore.open(args.store).close()  # a one-line error for anything but a store
+        bytes_before = disk_bytes(args.store)
         with MelStoreWriter.create_or_open(args.store) as w:
             dead = w.dead_rows()
             done = w.compact() if dead else {"dropped_rows": 0, "rows": w.manifest.rows,
                                              "generation": w.manifest.generation,
                                              "old_generation_kept": 0}
-        with MelStore.open(args.store) as after:
-            done["bytes_before"], done["bytes"] = bytes_before, after.disk_bytes()
+        done["bytes_before"], done["bytes"] = bytes_before, disk_bytes(args.store)
     except StoreError as exc:
         raise UserError(safe_text(str(exc))) from None
     if args.json:

@@ -38,15 +38,24 @@ import zarr
 
 from gan.spectral import MelConfig
 from storage.store_errors import StoreError
-from storage.store_generations import LEASE_RETRIES, ReaderLease, generation_prefix
+from storage.store_generations import (
+    LABELS,
+    LEASE_RETRIES,
+    MEL_SUMS,
+    MELS,
+    OFFSET,
+    SOURCE,
+    ReaderLease,
+    generation_prefix,
+)
 from storage.store_manifest import MANIFEST_FILE, FileEntry, Manifest, read_manifest
 
 if TYPE_CHECKING:
     from storage.store_writer import MelStoreWriter
 
-__all__ = ["MelStore", "StoreError", "rows_per_chunk"]
-
-MELS, LABELS, SOURCE, OFFSET, MEL_SUMS = "mels", "labels", "source", "offset", "mel_sums"
+# the arrays' names (MELS, ...) are re-exported for the writer and tests
+__all__ = ["LABELS", "MEL_SUMS", "MELS", "MelStore", "OFFSET", "SOURCE", "StoreError",
+           "rows_per_chunk"]
 CHUNK_BYTES = 1 << 20  # mel chunks of at least 1 MiB (uncompressed): few, large files
 INDEX_CHUNK_ROWS = 1 << 14  # small: each batch rewrites the last chunk of the index arrays
 STATS_BLOCK_ROWS = 64  # rows per float64 block when computing statistics (~16 MB at 128x256)
@@ -200,14 +209,7 @@ class MelStore:
         return len(self) * self.mel_config.n_mels * self.mel_config.frames * 2
 
     def disk_bytes(self) -> int:
-        total = 0
-        for dirpath, _, names in os.walk(self.path):
-            for n in names:
-                try:
-                    total += os.stat(os.path.join(dirpath, n)).st_size
-                except OSError:
-                    pass
-        return total
+        return disk_bytes(self.path)
 
     # ---------------------------------------------------------------- statistics
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
@@ -310,11 +312,7 @@ class MelStore:
         window_rows = int(window_rows or max(4 * batch_size, 256))
         order = np.argsort(self._phys, kind="stable")
         phys, labels = self._phys[order], self._labels[order]
-        block_id = phys // block
-        cuts = np.flatnonzero(np.diff(block_id)) + 1
-        bounds = list(zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(phys)].tolist(), strict=True))
-        if len(phys) == 0:
-            bounds = []
+        bounds = block_bounds(phys, block)
         rng = np.random.default_rng([int(seed), int(epoch)])
         bounds = [bounds[i] for i in rng.permutation(len(bounds))]
         carry_x = np.empty((0, *self.row_shape), dtype=np.float16)
@@ -344,17 +342,9 @@ class MelStore:
                        ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (n, rows) for consecutive groups of the sorted physical rows, read in
         contiguous chunk-aligned slices of about `block_rows` rows."""
-        if len(phys_sorted) == 0:
-            return
         chunk = self._chunk_rows
-        block = max(chunk, block_rows // chunk * chunk)
-        block_id = phys_sorted // block
-        cuts = np.flatnonzero(np.diff(block_id)) + 1
-        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(phys_sorted)].tolist(),
-                          strict=True):
-            first, last = int(phys_sorted[lo]), int(phys_sorted[hi - 1])
-            data = np.asarray(self._mels[first:last + 1], dtype=np.float16)
-            yield hi - lo, data[phys_sorted[lo:hi] - first]
+        for lo, hi in block_bounds(phys_sorted, max(chunk, block_rows // chunk * chunk)):
+            yield hi - lo, read_physical(self._mels, phys_sorted[lo:hi])
 
     # ---------------------------------------------------------------- summary
     def info(self) -> dict[str, Any]:
@@ -381,6 +371,36 @@ class MelStore:
                       "std_db": float(std.mean()) if len(std) else None},
             "format_version": m.format_version,
         }
+
+
+def block_bounds(phys_sorted: np.ndarray, block: int) -> list[tuple[int, int]]:
+    """[lo, hi) positions in the sorted physical rows `phys_sorted` of each group that lies
+    in one aligned block of `block` physical rows (each group is read with one slice)."""
+    if len(phys_sorted) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(phys_sorted // block)) + 1
+    return list(zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(phys_sorted)].tolist(),
+                    strict=True))
+
+
+def read_physical(arr: zarr.Array, phys_sorted: np.ndarray) -> np.ndarray:
+    """The rows `phys_sorted` (sorted, non-empty) of `arr`, read with one contiguous slice
+    (dead rows in between are read and dropped: cheaper than decompressing chunks twice)."""
+    first, last = int(phys_sorted[0]), int(phys_sorted[-1])
+    data = np.asarray(arr[first:last + 1])
+    return data if len(data) == len(phys_sorted) else data[phys_sorted - first]
+
+
+def disk_bytes(path: str | Path) -> int:
+    """Bytes of every file under `path` (a store, with any old generations it still has)."""
+    total = 0
+    for dirpath, _, names in os.walk(path):
+        for n in names:
+            try:
+                total += os.stat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+    return total
 
 
 class _Closed:

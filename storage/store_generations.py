@@ -11,20 +11,23 @@ so a killed reader never pins a generation for good.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import re
 import shutil
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 from storage.store_errors import StoreError
 
 GEN_DIR = re.compile(r"^gen(\d+)$")
 LEASE_PREFIX = ".readers-gen"
-# the arrays of one generation (their names in storage.mel_store)
-ARRAY_NAMES = ("mels", "labels", "source", "offset", "mel_sums")
+# the arrays of one generation (what they hold: storage.mel_store)
+MELS, LABELS, SOURCE, OFFSET, MEL_SUMS = "mels", "labels", "source", "offset", "mel_sums"
+ARRAY_NAMES = (MELS, LABELS, SOURCE, OFFSET, MEL_SUMS)
 LEASE_RETRIES = 20
 
 
@@ -113,39 +116,38 @@ def remove_unused_generations(store: Path, current: int) -> list[int]:
             removed.append(g)
             continue
         path = lease_path(store, g)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a reader still has this generation open
-            remove_generation(store, g)
-            # a reader waiting on this lock re-reads the manifest and moves on
-            os.unlink(path)
-            removed.append(g)
-        finally:
-            os.close(fd)
-    for n in os.listdir(store):
-        if n.startswith(LEASE_PREFIX) and n.endswith(".lock"):
-            g = n[len(LEASE_PREFIX):-len(".lock")]
-            if g.isdigit() and int(g) not in generations_on_disk(store) | {current}:
-                _unlink_if_free(store / n)
+        with _unleased(path, create=True) as free:
+            if free:
+                remove_generation(store, g)
+                # a reader waiting on this lock re-reads the manifest and moves on
+                os.unlink(path)
+                removed.append(g)
+    kept = generations_on_disk(store) | {current}
+    for n in os.listdir(store):  # lease files of generations gone (a killed clean-up)
+        g = n[len(LEASE_PREFIX):-len(".lock")]
+        if n.startswith(LEASE_PREFIX) and n.endswith(".lock") and g.isdigit() \
+                and int(g) not in kept:
+            with _unleased(store / n, create=False) as free, contextlib.suppress(OSError):
+                if free:
+                    os.unlink(store / n)
     return removed
 
 
-def _unlink_if_free(path: Path) -> None:
-    """A lease file of a generation already gone (left by a killed clean-up)."""
+@contextlib.contextmanager
+def _unleased(path: Path, create: bool) -> Iterator[bool]:
+    """Whether no reader holds the lease file `path`; if none does, readers wait until the
+    block ends (the lease is held exclusively meanwhile)."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
     except OSError:
+        yield False
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.unlink(path)
-    except OSError:
-        pass
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a reader has this generation open
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)

@@ -35,11 +35,14 @@ from storage.mel_store import (
     OFFSET,
     SOURCE,
     MelStore,
+    block_bounds,
     mel_sums,
+    read_physical,
     rows_per_chunk,
 )
 from storage.store_errors import StoreError
 from storage.store_generations import (
+    ARRAY_NAMES,
     LEASE_PREFIX,
     generation_prefix,
     remove_generation,
@@ -454,7 +457,7 @@ def _open_arrays(group: zarr.Group, prefix: str) -> tuple[zarr.Array, ...]:
     # Zarr compares every chunk it writes with the fill value, to skip storing empty ones;
     # ours are never empty, and the check took a quarter of the time of writing mels
     with zarr.config.set({"array.write_empty_chunks": True}):
-        return tuple(group[prefix + n] for n in (MELS, LABELS, SOURCE, OFFSET, MEL_SUMS))
+        return tuple(group[prefix + n] for n in ARRAY_NAMES)
 
 
 def _copy_rows(src: tuple[zarr.Array, ...], dst: tuple[zarr.Array, ...],
@@ -484,15 +487,9 @@ def _copy_rows(src: tuple[zarr.Array, ...], dst: tuple[zarr.Array, ...],
         written += n
         fault_point("compact_block")
 
-    cuts = np.flatnonzero(np.diff(phys // block)) + 1
-    for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(phys)].tolist(), strict=True):
-        if hi <= lo:
-            continue
-        first, last = int(phys[lo]), int(phys[hi - 1])
-        take = phys[lo:hi] - first
+    for lo, hi in block_bounds(phys, block):
         for i, arr in enumerate(src):
-            data = np.asarray(arr[first:last + 1])
-            pending[i].append(data if len(take) == len(data) else data[take])
+            pending[i].append(read_physical(arr, phys[lo:hi]))
         held += hi - lo
         if held >= block:
             flush(held // chunk_rows * chunk_rows)

@@ -230,3 +230,27 @@ def test_a_manifest_write_that_dies_midway_changes_nothing(tmp_path: Path,
     MelStoreWriter.create_or_open(store, MEL).close()
     assert not list(store.glob(f"{TMP_PREFIX}*"))
     assert {f.path for f in MelStore.open(store).files()} == {f.path for f in files[:2]}
+
+
+def test_the_manifest_is_plain_json_that_round_trips(tmp_path: Path) -> None:
+    """Written with orjson (UTF-8, dataclass entries); any JSON reader gets every field."""
+    from storage.store_manifest import read_manifest
+
+    store = tmp_path / "s"
+    build(store, [new_file("ключ/ü 1.wav", 2, 1), new_file("a/1.wav", 3, 2)])
+    raw = (store / "manifest.json").read_bytes()
+    doc = json.loads(raw.decode("utf-8"))  # the standard library reads it as it is
+    assert "ключ/ü 1.wav".encode() in raw  # UTF-8, not \u escapes
+    entry = next(e for e in doc["files"] if e["path"] == "ключ/ü 1.wav")
+    assert entry == {"id": 0, "path": "ключ/ü 1.wav", "hash": "h1", "size": 101,
+                     "mtime_ns": 1, "label": 0, "start": 0, "stop": 2, "sample_rate": 0,
+                     "channels": 0, "samples": 0}
+    m = read_manifest(store)
+    assert m is not None and m.to_dict() == {**doc, "files": m.live_entries()}
+    # the fingerprint (what retraining compares) is computed as before, not from these bytes
+    assert doc["fingerprint"] == m.fingerprint() == MelStore.open(store).fingerprint
+    m.stats = {"count": np.int64(3), "mean": [np.float64(0.5)], "std": [np.float32(2.0)]}
+    assert json.loads(m.to_json())["stats"] == {"count": 3, "mean": [0.5], "std": [2.0]}
+    (store / "manifest.json").write_bytes(raw[:-3])  # torn (never by a commit): refused
+    with pytest.raises(ValueError):
+        read_manifest(store)

@@ -19,7 +19,8 @@ def test_bench_runs_on_a_few_clips(shared_data: Path, tmp_path: Path) -> None:
     res = bench_dataset("fsdd", files, reps=1, workers=2, tmp=tmp_path)
     assert res["rows"] == 6 and res["rejected"] == 0
     text = report([res], None, 2, "cmd", 0.0)
-    assert "| fsdd | 6 | 6 |" in text and "flow / bound" in text
+    assert "| fsdd | 6 | 6 |" in text and "flow / bound" in text and "ceiling" in text
+    assert res["best"]["write"] > 0  # (w): compute + the store writer, the ceiling
 
 
 def test_worker_process_pool_computes_every_file(shared_data: Path) -> None:

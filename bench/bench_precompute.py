@@ -304,16 +304,18 @@ def report(results: list[dict], rss: dict | None, workers: int, cmd: str, load: 
           f"{r['best']['write'] / r['best']['flow']:.2f} |" for r in results),
         "",
         "Reading: " + "; ".join(
-            f"on {r['name']} compute + write alone reaches "
-            f"{r['best']['bound'] / r['best']['write']:.2f} of the bound, and "
-            f"{r['best']['bound'] / (r['best']['write'] + r['best']['rerun']):.2f} with a "
-            "flow run's fixed cost" for r in results) + ". Writing the rows (Zarr's Python "
-        "side holds the GIL that the bound's threads need; Blosc and the file writes take "
-        "the rest of the second core) costs more than the 15% that a target of 0.85 "
-        "leaves, most on short clips (a 0.5 s digit fills a sixth of its 2.97 s row; "
-        "the zero padding still has to be compressed and written). The flow's own extra "
-        "(hashing, stat checks, progress, five Prefect task runs and artifacts, and the "
-        "Prefect server's work for them on the same two cores) is the last column's gap.",
+            f"on {r['name']} writing the rows adds "
+            f"{100 * (r['best']['write'] / r['best']['bound'] - 1):.0f}% to the bound and a "
+            f"flow run's fixed cost {100 * r['best']['rerun'] / r['best']['bound']:.0f}% more, "
+            f"so no flow can pass "
+            f"{r['best']['bound'] / (r['best']['write'] + r['best']['rerun']):.2f}"
+            for r in results) + " (a target of 0.85 leaves 18%). Writing costs most on short "
+        "clips: a 0.5 s digit fills a sixth of its 2.97 s row, and the zero padding still "
+        "has to be compressed and written; Zarr's Python side holds the GIL that the "
+        "bound's threads need, while Blosc and the file writes take the rest of the second "
+        "core. The flow's own extra (hashing, stat checks, progress, five Prefect task runs "
+        "and artifacts, and the Prefect server's work for them on the same two cores) is "
+        "the last column's gap.",
     ]
     lines += [
         "",

@@ -52,9 +52,6 @@ class FileEntry:
     def n_rows(self) -> int:
         return self.stop - self.start
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileEntry:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})

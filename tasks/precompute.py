@@ -142,7 +142,7 @@ class _Progress:
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
     """Parallelism comes from the file pool; intra-op threads on per-file sized ops only
     contend (measured up to 30x slower on a busy 2-core machine)."""
     old = torch.get_num_threads()
@@ -213,7 +213,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     batch: list[Extracted] = []
     batch_bytes = done_bytes = done_files = in_flight = 0
     total = len(plan.todo)
-    with _torch_threads(1), extract_runner(pool, writer.mel_config, dev, workers) as runner:
+    with torch_threads(1), extract_runner(pool, writer.mel_config, dev, workers) as runner:
 
         def cap_now() -> int:
             # files in flight: enough to keep every worker busy while a batch is written,

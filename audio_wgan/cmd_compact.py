@@ -1,9 +1,9 @@
-"""`audio-wgan compact STORE [--json]`: drop the rows of replaced or deleted files."""
+"""`audio-wgan compact STORE [--json] [--drop-damaged]`: drop the rows of replaced or
+deleted files (and, on request, of damaged chunks)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,22 +15,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "replaced or deleted. Readers see the same rows before and after; a reader that has "
         "the store open keeps the old arrays until it closes (the next precompute or "
         "compact deletes them then). Precompute does this by itself once dead rows are a "
-        "quarter of the store.",
+        "quarter of the store. --drop-damaged first stops keeping the files with rows in "
+        "damaged chunks (missing, not decoding, not matching their checksum: see "
+        "`store-info --verify`), so their rows are dropped too and the next precompute "
+        "computes those files again.",
     )
     p.add_argument("store", metavar="STORE")
     p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.add_argument("--drop-damaged", action="store_true",
+                   help="drop the rows of damaged chunks; their files are re-queued for the "
+                   "next precompute")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from audio_wgan.cli import UserError
-    from storage.mel_store import MelStore, StoreError, disk_bytes, safe_text
+    from storage.mel_store import MelStore, StoreError, disk_bytes, safe_text, to_json
     from storage.store_writer import MelStoreWriter
 
+    damage: dict = {"damaged_chunks": [], "requeued": []}
     try:
-        MelStore.open(args.store).close()  # a one-line error for anything but a store
+        # a one-line error for anything but a store (damage is what --drop-damaged is for)
+        MelStore.open(args.store, check=not args.drop_damaged).close()
         bytes_before = disk_bytes(args.store)
-        with MelStoreWriter.create_or_open(args.store) as w:
+        with MelStoreWriter.create_or_open(args.store, check=not args.drop_damaged) as w:
+            if args.drop_damaged:
+                damage = w.drop_damaged()
             dead = w.dead_rows()
             done = w.compact() if dead else {"dropped_rows": 0, "rows": w.manifest.rows,
                                              "generation": w.manifest.generation,
@@ -38,9 +48,15 @@ def run(args: argparse.Namespace) -> int:
         done["bytes_before"], done["bytes"] = bytes_before, disk_bytes(args.store)
     except StoreError as exc:
         raise UserError(safe_text(str(exc))) from None
+    done.update(damage)
     if args.json:
-        print(json.dumps(done, indent=2))
-    elif not dead:
+        print(to_json(done))
+        return 0
+    if damage["damaged_chunks"]:
+        print(safe_text(f"compact: {len(damage['damaged_chunks'])} damaged chunk(s); "
+                        f"{len(damage['requeued'])} file(s) re-queued for the next "
+                        f"precompute: {', '.join(damage['requeued']) or '-'}"))
+    if not dead:
         print(f"compact: {args.store} has no dead rows ({done['rows']} rows)")
     else:
         kept = (" (the old arrays stay until the reader that has them open closes)"

@@ -25,56 +25,39 @@ on the order or the interruptions in which the store was built.
 from __future__ import annotations
 
 import json
-import math
-import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
 import zarr
 
 from gan.spectral import MelConfig
+from storage.file_names import escape, printable
 from storage.store_errors import StoreError
-from storage.store_generations import (
+from storage.store_generations import LEASE_RETRIES, ReaderLease, generation_prefix
+from storage.store_integrity import damaged_files, read_checked, require_rows, verify_arrays
+from storage.store_layout import (
+    ARRAY_NAMES,
     LABELS,
-    LEASE_RETRIES,
     MEL_SUMS,
     MELS,
     OFFSET,
     SOURCE,
-    ReaderLease,
-    generation_prefix,
+    block_bounds,
+    disk_bytes,
+    mel_sums,
+    read_physical,
+    rows_per_chunk,
+    stats_from_sums,
 )
 from storage.store_manifest import MANIFEST_FILE, FileEntry, Manifest, read_manifest
 
-if TYPE_CHECKING:
-    from storage.store_writer import MelStoreWriter
-
-# the arrays' names (MELS, ...) are re-exported for the writer and tests
+# the layout's names are re-exported for the code and tests that import them from here
 __all__ = ["LABELS", "MEL_SUMS", "MELS", "MelStore", "OFFSET", "SOURCE", "StoreError",
-           "rows_per_chunk"]
-CHUNK_BYTES = 1 << 20  # mel chunks of at least 1 MiB (uncompressed): few, large files
-INDEX_CHUNK_ROWS = 1 << 14  # small: each batch rewrites the last chunk of the index arrays
+           "block_bounds", "disk_bytes", "mel_sums", "read_physical", "rows_per_chunk"]
 STATS_BLOCK_ROWS = 64  # rows per float64 block when computing statistics (~16 MB at 128x256)
-
-
-def rows_per_chunk(cfg: MelConfig) -> int:
-    """Rows per mel chunk so that one chunk holds at least CHUNK_BYTES of float16."""
-    return max(1, math.ceil(CHUNK_BYTES / (cfg.n_mels * cfg.frames * 2)))
-
-
-def mel_sums(mels: np.ndarray | torch.Tensor) -> np.ndarray:
-    """float64 (K, 2, n_mels): per-bin sums over frames of the float16 values and squares.
-
-    Squares of float16 values are exact in float32 (11-bit significands); torch's
-    pairwise float32 sums over a row's frames are within ~1e-6 relative, far below what
-    per-bin statistics need, and ~2x faster than float64 numpy on the precompute path.
-    """
-    x = torch.as_tensor(mels).to(torch.float16).float()
-    return torch.stack([x.sum(dim=2), x.square().sum(dim=2)], dim=1).double().numpy()
 
 
 class MelStore:
@@ -93,6 +76,7 @@ class MelStore:
         self.mel_config: MelConfig = manifest.mel_config
         self.fingerprint: str = manifest.fingerprint()
         self._lease = lease
+        self._group = group
         prefix = generation_prefix(manifest.generation)
         self._mels = group[prefix + MELS]
         self._offsets_arr = group[prefix + OFFSET]
@@ -115,8 +99,13 @@ class MelStore:
 
     # ---------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path: str | Path) -> MelStore:
-        """Open the committed state of the store at `path` (StoreError if there is none)."""
+    def open(cls, path: str | Path, check: bool = True) -> MelStore:
+        """Open the committed state of the store at `path` (StoreError if there is none).
+
+        With `check`, every chunk holding a committed row must be stored (a stat each), so
+        a store with a lost chunk is refused at once rather than read as zeros; whether
+        chunks decode and match their checksums is `verify`'s job (and every read's).
+        """
         p = Path(path)
         if not p.is_dir():
             raise StoreError(f"no mel store at {p}; run `audio-wgan precompute DATA_DIR "
@@ -136,7 +125,11 @@ class MelStore:
             raise StoreError(f"store {p} keeps being compacted; try again")
         try:
             group = zarr.open_group(p, mode="r", use_consolidated=False)
-            return cls(p, manifest, group, lease)
+            store = cls(p, manifest, group, lease)
+            if check:
+                for arr in store._arrays().values():
+                    require_rows(arr, manifest.rows)
+            return store
         except (KeyError, FileNotFoundError, ValueError) as exc:
             lease.release()
             if isinstance(exc, StoreError):
@@ -159,13 +152,19 @@ class MelStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @classmethod
-    def create_or_open_for_write(cls, path: str | Path, mel: dict[str, Any] | None = None
-                                 ) -> MelStoreWriter:
-        """The writer side (holds the store's lock); see `storage.store_writer`."""
-        from storage.store_writer import MelStoreWriter
+    # ---------------------------------------------------------------- damage
+    def _arrays(self) -> dict[str, zarr.Array]:
+        prefix = generation_prefix(self.manifest.generation)
+        return {name: self._group[prefix + name] for name in ARRAY_NAMES}
 
-        return MelStoreWriter.create_or_open(path, mel)
+    def verify(self) -> dict[str, Any]:
+        """Check every chunk of the committed rows: stored, decodes, matches the checksum
+        the manifest keeps for it (stores made before checksums: decoding only). Lists the
+        damaged chunks and the kept files with rows in them."""
+        rep = verify_arrays(self._arrays(), self.manifest.rows, self.manifest.checksums)
+        out = rep.to_dict()
+        out["files"] = sorted(damaged_files(self.manifest, rep.damaged))
+        return out
 
     # ---------------------------------------------------------------- metadata
     def __len__(self) -> int:
@@ -193,7 +192,8 @@ class MelStore:
         out = np.zeros(len(self), dtype=np.int64)
         if len(self):
             order = np.argsort(self._phys)
-            out[order] = np.asarray(self._offsets_arr.oindex[self._phys[order]], dtype=np.int64)
+            out[order] = np.asarray(read_checked(self._offsets_arr, self._phys[order]),
+                                    dtype=np.int64)
         return out
 
     def files(self) -> list[FileEntry]:
@@ -230,18 +230,8 @@ class MelStore:
 
     def compute_stats(self) -> tuple[np.ndarray, np.ndarray, int]:
         """(mean, std, count) per mel bin in float64 over the live rows (from `mel_sums`)."""
-        n_mels = self.mel_config.n_mels
-        if len(self) == 0:
-            return np.zeros(n_mels), np.ones(n_mels), 0
-        total = np.zeros((2, n_mels), dtype=np.float64)
-        phys = np.sort(self._phys)
-        step = 1 << 16
-        for i in range(0, len(phys), step):
-            total += np.asarray(self._sums_arr.oindex[phys[i:i + step]]).sum(axis=0)
-        count = len(phys) * self.mel_config.frames
-        mean = total[0] / count
-        var = np.maximum(total[1] / count - mean ** 2, 0.0)
-        return mean, np.sqrt(var), count
+        return stats_from_sums(self._sums_arr, np.sort(self._phys), self.mel_config.n_mels,
+                               self.mel_config.frames)
 
     def compute_stats_full(self) -> tuple[np.ndarray, np.ndarray, int]:
         """The same statistics from a pass over every live mel (merging blocks as in
@@ -289,12 +279,12 @@ class MelStore:
         if idx.size == 0:
             return np.empty((0, *self.row_shape), dtype=np.float16)
         uniq, inverse = np.unique(self._phys[idx], return_inverse=True)
-        rows = np.asarray(self._mels.oindex[uniq], dtype=np.float16)
+        rows = np.asarray(read_checked(self._mels, uniq), dtype=np.float16)
         return rows[inverse.reshape(-1)]
 
     def iter_batches(self, batch_size: int, seed: int, epoch: int = 0,
                      chunk_rows: int | None = None, drop_last: bool = True,
-                     window_rows: int | None = None
+                     window_rows: int | None = None, rows: np.ndarray | None = None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Shuffled minibatches (mels float16 dB (B, n_mels, frames), labels int64 (B,)).
 
@@ -303,6 +293,7 @@ class MelStore:
         about `window_rows` rows (default max(4 * batch_size, 256)). Every live row appears
         once per epoch (bar a short last batch when `drop_last`). Memory is bounded by the
         window, not the store; the order depends only on (seed, epoch) and the store.
+        `rows` (live row indices) restricts the epoch to those rows.
         """
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
@@ -311,6 +302,8 @@ class MelStore:
             raise ValueError("chunk_rows must be positive")
         window_rows = int(window_rows or max(4 * batch_size, 256))
         order = np.argsort(self._phys, kind="stable")
+        if rows is not None:  # only these live rows (e.g. training's part of the split)
+            order = order[np.isin(order, np.asarray(rows, dtype=np.int64))]
         phys, labels = self._phys[order], self._labels[order]
         bounds = block_bounds(phys, block)
         rng = np.random.default_rng([int(seed), int(epoch)])
@@ -326,7 +319,7 @@ class MelStore:
                 total += hi - lo
                 i += 1
             pick = np.sort(np.concatenate(sel))  # positions in the sorted arrays
-            rows = np.asarray(self._mels.oindex[phys[pick]], dtype=np.float16)
+            rows = np.asarray(read_checked(self._mels, phys[pick]), dtype=np.float16)
             x = np.concatenate([carry_x, rows]) if len(carry_x) else rows
             y = np.concatenate([carry_y, labels[pick]])
             perm = rng.permutation(len(x))
@@ -370,37 +363,8 @@ class MelStore:
             "stats": {"mean_db": float(mean.mean()) if len(mean) else None,
                       "std_db": float(std.mean()) if len(std) else None},
             "format_version": m.format_version,
+            "requeued": list(m.requeued),
         }
-
-
-def block_bounds(phys_sorted: np.ndarray, block: int) -> list[tuple[int, int]]:
-    """[lo, hi) positions in the sorted physical rows `phys_sorted` of each group that lies
-    in one aligned block of `block` physical rows (each group is read with one slice)."""
-    if len(phys_sorted) == 0:
-        return []
-    cuts = np.flatnonzero(np.diff(phys_sorted // block)) + 1
-    return list(zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(phys_sorted)].tolist(),
-                    strict=True))
-
-
-def read_physical(arr: zarr.Array, phys_sorted: np.ndarray) -> np.ndarray:
-    """The rows `phys_sorted` (sorted, non-empty) of `arr`, read with one contiguous slice
-    (dead rows in between are read and dropped: cheaper than decompressing chunks twice)."""
-    first, last = int(phys_sorted[0]), int(phys_sorted[-1])
-    data = np.asarray(arr[first:last + 1])
-    return data if len(data) == len(phys_sorted) else data[phys_sorted - first]
-
-
-def disk_bytes(path: str | Path) -> int:
-    """Bytes of every file under `path` (a store, with any old generations it still has)."""
-    total = 0
-    for dirpath, _, names in os.walk(path):
-        for n in names:
-            try:
-                total += os.stat(os.path.join(dirpath, n)).st_size
-            except OSError:
-                pass
-    return total
 
 
 class _Closed:
@@ -457,13 +421,56 @@ def describe(info: dict[str, Any]) -> str:
     if info["ignored"]:
         lines.append(f"ignored      {len(info['ignored'])} files")
         lines += [f"  {r['path']}: {r['reason']}" for r in info["ignored"]]
+    if info.get("requeued"):
+        lines.append(f"re-queued    {len(info['requeued'])} files whose rows were in damaged "
+                     "chunks (the next precompute computes them again)")
+        lines += [f"  {p}" for p in info["requeued"]]
     return "\n".join(safe_text(line) for line in lines)
 
 
+def describe_verify(v: dict[str, Any]) -> str:
+    """Human-readable result of `MelStore.verify`."""
+    lines = [f"verify       {v['chunks']} chunks: "
+             + ("intact" if v["ok"] else f"{len(v['damaged'])} damaged")]
+    for d in v["damaged"]:
+        lines.append(f"  chunk {d['chunk']} of {d['array']} (rows {d['rows'][0]}-"
+                     f"{d['rows'][1]}) {d['problem']}")
+    if v["files"]:
+        lines.append(f"  files with rows in them: {', '.join(v['files'])}")
+    if v["without_checksum"]:
+        lines.append(f"  {v['without_checksum']} chunks have no checksum (written before "
+                     "checksums existed): checked that they decode")
+    return "\n".join(safe_text(line) for line in lines)
+
+
+def verify_summary(store: str | Path, v: dict[str, Any]) -> str:
+    """The one line a failed verify ends with."""
+    d = v["damaged"]
+    first = f"chunk {d[0]['chunk']} of {d[0]['array']} (rows {d[0]['rows'][0]}-" \
+            f"{d[0]['rows'][1]}) {d[0]['problem']}"
+    more = f" and {len(d) - 1} more chunk(s)" if len(d) > 1 else ""
+    return safe_text(f"store {store} is damaged: {first}{more}, holding rows of "
+                     f"{len(v['files'])} kept file(s); `audio-wgan compact --drop-damaged "
+                     f"{store}` drops those rows and re-queues the files for the next "
+                     "precompute")
+
+
 def safe_text(s: str) -> str:
-    """Printable form of names that may carry undecodable bytes (surrogate escapes)."""
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """Printable one-line-safe form of text that may carry file names with undecodable
+    bytes (surrogate escapes): such bytes are shown as `\\xHH`, losslessly."""
+    return "\n".join(printable(line) for line in s.split("\n"))
 
 
 def to_json(info: dict[str, Any]) -> str:
-    return safe_text(json.dumps(info, indent=2, ensure_ascii=False, default=str))
+    """JSON whose names are in the store's lossless escaped form (storage.file_names)."""
+    return json.dumps(_escaped(info), indent=2, ensure_ascii=False, default=str)
+
+
+def _escaped(x: Any) -> Any:
+    if isinstance(x, str):
+        return escape(x)
+    if isinstance(x, dict):
+        return {_escaped(k): _escaped(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_escaped(v) for v in x]
+    return x

@@ -22,12 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from storage.store_errors import StoreError
+from storage.store_layout import ARRAY_NAMES
 
 GEN_DIR = re.compile(r"^gen(\d+)$")
 LEASE_PREFIX = ".readers-gen"
-# the arrays of one generation (what they hold: storage.mel_store)
-MELS, LABELS, SOURCE, OFFSET, MEL_SUMS = "mels", "labels", "source", "offset", "mel_sums"
-ARRAY_NAMES = (MELS, LABELS, SOURCE, OFFSET, MEL_SUMS)
 LEASE_RETRIES = 20
 
 

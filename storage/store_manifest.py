@@ -11,8 +11,10 @@ were computed for (so stale statistics are never served after an interrupted run
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import orjson
 
 from gan.spectral import MelConfig
 from storage.atomic_files import atomic_write_bytes
+from storage.file_names import escape, is_plain, unescape
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "audio-wgan-mel-store"
@@ -30,6 +33,9 @@ FORMAT_VERSION = 2  # the newest this code reads and writes
 # compacted, so older code keeps reading it and refuses (one line) only compacted ones.
 # bump when the decode/segment/mel code changes what a file turns into (part of the fingerprint)
 FEATURE_VERSION = 1
+# names (file paths, class folders) are written escaped (storage.file_names) by manifests
+# that say so; older ones hold plain names
+PATH_ESCAPE = 1
 
 
 @dataclass
@@ -70,6 +76,12 @@ class Manifest:
     stats: dict[str, Any] | None = None
     commits: int = 0
     generation: int = 0  # which copy of the arrays holds the rows (bumped by compaction)
+    # CRC-32 per chunk of the committed rows, per array (storage.store_integrity); None in
+    # stores made before checksums existed
+    checksums: dict[str, list[int | None]] | None = None
+    # files whose rows were in damaged chunks and were dropped (`compact --drop-damaged`):
+    # no longer kept, so the next precompute computes them again
+    requeued: list[str] = field(default_factory=list)
 
     @property
     def format_version(self) -> int:
@@ -108,18 +120,22 @@ class Manifest:
             "format": FORMAT,
             "format_version": self.format_version,
             "feature_version": FEATURE_VERSION,
+            "path_escape": PATH_ESCAPE,
             "mel": self.mel,
-            "classes": self.classes,
+            "classes": _names(self.classes),
             "rows": self.rows,
             "next_id": self.next_id,
             "fingerprint": self.fingerprint(),
-            "files": self.live_entries(),
-            "rejected": self.rejected,
-            "ignored": self.ignored,
-            "empty_classes": self.empty_classes,
+            "files": [e if is_plain(e.path) else dataclasses.replace(e, path=escape(e.path))
+                      for e in self.live_entries()],
+            "rejected": _reports(self.rejected),
+            "ignored": _reports(self.ignored),
+            "empty_classes": _names(self.empty_classes),
             "stats": self.stats,
             "commits": self.commits,
             "generation": self.generation,
+            "checksums": self.checksums,
+            "requeued": _names(self.requeued),
         }
 
     def to_json(self) -> bytes:
@@ -137,19 +153,43 @@ class Manifest:
             raise ValueError(f"store format {d.get('format_version')} is newer than this code "
                              f"understands ({FORMAT_VERSION}); upgrade audio-wgan")
         files = [FileEntry.from_dict(f) for f in d.get("files", [])]
+        un = unescape if d.get("path_escape") else _same
+        for f in files:
+            f.path = un(f.path)
         return cls(
             mel=dict(d["mel"]),
-            classes=list(d.get("classes", [])),
+            classes=[un(c) for c in d.get("classes", [])],
             rows=int(d.get("rows", 0)),
             next_id=int(d.get("next_id", 0)),
             files={f.path: f for f in files},
-            rejected=list(d.get("rejected", [])),
-            ignored=list(d.get("ignored", [])),
-            empty_classes=list(d.get("empty_classes", [])),
+            rejected=[_unescaped(r, un) for r in d.get("rejected", [])],
+            ignored=[_unescaped(r, un) for r in d.get("ignored", [])],
+            empty_classes=[un(c) for c in d.get("empty_classes", [])],
             stats=d.get("stats"),
             commits=int(d.get("commits", 0)),
             generation=int(d.get("generation", 0)),
+            checksums=d.get("checksums"),
+            requeued=[un(p) for p in d.get("requeued", [])],
         )
+
+
+def _same(name: str) -> str:
+    return name
+
+
+def _unescaped(report: dict[str, str], un: Callable[[str], str]) -> dict[str, str]:
+    return {**report, "path": un(report["path"]), "reason": un(report.get("reason", ""))}
+
+
+def _names(names: list[str]) -> list[str]:
+    return [escape(n) for n in names]
+
+
+def _reports(reports: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Rejected/ignored entries with escaped paths (and reasons, which may quote them)."""
+    return [r if is_plain(r["path"]) and is_plain(r.get("reason", ""))
+            else {**r, "path": escape(r["path"]), "reason": escape(r.get("reason", ""))}
+            for r in reports]
 
 
 def read_manifest(store: str | Path) -> Manifest | None:

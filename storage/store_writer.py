@@ -22,31 +22,32 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
 from gan.spectral import MelConfig
 from storage.atomic_files import TMP_PREFIX
 from storage.fault_points import fault_point
-from storage.mel_store import (
-    INDEX_CHUNK_ROWS,
-    LABELS,
-    MEL_SUMS,
-    MELS,
-    OFFSET,
-    SOURCE,
-    MelStore,
-    block_bounds,
-    mel_sums,
-    read_physical,
-    rows_per_chunk,
-)
 from storage.store_errors import StoreError
 from storage.store_generations import (
-    ARRAY_NAMES,
     LEASE_PREFIX,
     generation_prefix,
     remove_generation,
     remove_unused_generations,
+)
+from storage.store_integrity import (
+    Checksums,
+    as_stored,
+    damaged_files,
+    extend_checksums,
+    require_rows,
+    verify_arrays,
+)
+from storage.store_layout import (
+    ARRAY_NAMES,
+    block_bounds,
+    create_arrays,
+    mel_sums,
+    read_physical,
+    stats_from_sums,
 )
 from storage.store_lock import LOCK_FILE, StoreLock
 from storage.store_manifest import (
@@ -61,14 +62,6 @@ from storage.store_manifest import (
 INT_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "split_hop_frames")
 FLOAT_FIELDS = ("f_min", "f_max")
 PAD_POLICIES = ("zero-end",)
-# Measured on ESC-10/FSDD log-mels (one core): zstd level 1 + byte shuffle compresses
-# 1.78x / 8.8x at ~360 MB/s; level 3 gains 4-5% size at 2.5x the encoding time, and bit
-# shuffle is both larger and slower to decode. Precompute is CPU bound, so level 1.
-MEL_CLEVEL = 1
-# Blosc splits a chunk into blocks compressed separately; 1 MiB blocks (a whole chunk) encode
-# 1.4x (FSDD) / 1.6x (ESC-10) faster than Blosc's automatic size and compress 6-9% smaller.
-MEL_BLOCKSIZE = 1 << 20
-SUMS_CHUNK_ROWS = 256  # 512 KiB at 128 mels
 # Automatic compaction (at the end of a precompute) once dead rows are at least this share
 # of the stored rows and fill at least one mel chunk: each compaction then copies at most
 # three live rows per dead row it drops, and never runs for less than a chunk of space.
@@ -156,22 +149,43 @@ class MelStoreWriter:
 
     # ------------------------------------------------------------- open / close
     @classmethod
-    def create_or_open(cls, path: str | Path, mel: dict[str, Any] | None = None
-                       ) -> MelStoreWriter:
-        """Lock the store at `path` and open it for appending, creating it if needed."""
+    def create_or_open(cls, path: str | Path, mel: dict[str, Any] | None = None,
+                       check: bool = True) -> MelStoreWriter:
+        """Lock the store at `path` and open it for appending, creating it if needed.
+
+        The mel configuration is checked as a whole before anything is made, and a store
+        this call began to create is removed again when it fails, so a refused
+        configuration leaves no directory (not even one holding only the lock file).
+        With `check`, a store with a lost chunk is refused (`compact --drop-damaged`
+        repairs it, opening with check=False).
+        """
         p = Path(path)
         if p.exists() and not p.is_dir():
             raise StoreError(f"{p} exists and is not a directory; use a new --store")
-        lock = StoreLock(p).acquire()
         try:
-            return cls._open_locked(p, lock, mel)
+            committed = read_manifest(p)
+        except (ValueError, KeyError, TypeError):
+            committed = None  # refused below, under the lock, with its reason
+        resolve_mel_config(committed.mel if committed else None, mel, p)
+        made = p
+        while not made.parent.exists() and made.parent != made:
+            made = made.parent  # the top-most folder this call would create
+        made = None if p.exists() else made
+        try:
+            lock = StoreLock(p).acquire()
+        except OSError as exc:  # e.g. a parent that is a regular file
+            _remove_made(made)
+            raise StoreError(f"cannot create the store {p}: {exc.strerror or exc}") from None
+        try:
+            return cls._open_locked(p, lock, mel, check)
         except BaseException:
             lock.release()
+            _remove_made(made)
             raise
 
     @classmethod
-    def _open_locked(cls, p: Path, lock: StoreLock, mel: dict[str, Any] | None
-                     ) -> MelStoreWriter:
+    def _open_locked(cls, p: Path, lock: StoreLock, mel: dict[str, Any] | None,
+                     check: bool = True) -> MelStoreWriter:
         try:
             manifest = read_manifest(p)
         except (ValueError, KeyError, TypeError) as exc:
@@ -188,6 +202,9 @@ class MelStoreWriter:
             except (KeyError, FileNotFoundError) as exc:
                 raise StoreError(f"store {p} is damaged ({exc}); use a new --store") from None
             assert writer.mel_config == cfg
+            if check:  # appending to a store with a lost chunk would only bury the damage
+                for arr in writer._arrays:
+                    require_rows(arr, manifest.rows)
             if removed:  # other Zarr tools read the consolidated metadata: drop the arrays
                 writer._write_attrs(manifest.fingerprint())
             return writer
@@ -196,8 +213,8 @@ class MelStoreWriter:
             raise StoreError(f"{p} exists and is not a mel store; use a new --store")
         cfg = resolve_mel_config(None, mel, p)
         group = _create_group(p)
-        _create_arrays(group, "", cfg)
-        manifest = Manifest(mel=cfg.to_dict())
+        create_arrays(group, "", cfg)
+        manifest = Manifest(mel=cfg.to_dict(), checksums={n: [] for n in ARRAY_NAMES})
         commit_manifest(p, manifest)
         return cls(p, lock, manifest, group, created=True)
 
@@ -247,13 +264,13 @@ class MelStoreWriter:
             raise ValueError(f"rows of shape {mels.shape[1:]} do not fit this store "
                              f"({cfg.n_mels}, {cfg.frames})")
         self._ensure_capacity(end)
-        self._mels[start:end] = mels
-        self._labels[start:end] = np.repeat(np.asarray(labels, dtype=np.int32), counts)
-        self._source[start:end] = np.repeat(np.asarray(ids, dtype=np.int32), counts)
-        self._offset[start:end] = np.concatenate(
-            [np.asarray(it.offsets, dtype=np.int64) for it in items])
-        self._sums[start:end] = np.concatenate(
-            [it.sums if it.sums is not None else mel_sums(it.mels) for it in items])
+        self._write_rows(start, (
+            mels,
+            np.repeat(np.asarray(labels, dtype=np.int32), counts),
+            np.repeat(np.asarray(ids, dtype=np.int32), counts),
+            np.concatenate([np.asarray(it.offsets, dtype=np.int64) for it in items]),
+            np.concatenate([it.sums if it.sums is not None else mel_sums(it.mels)
+                            for it in items])))
         fault_point("rows_written")
         pos = start
         for it, label, fid, k in zip(items, labels, ids, counts, strict=True):
@@ -265,8 +282,31 @@ class MelStoreWriter:
         self.manifest.classes = classes
         self.manifest.next_id = next_id
         self.manifest.rows = end
+        if self.manifest.requeued:  # computed again after `compact --drop-damaged`
+            done = {it.path for it in items}
+            self.manifest.requeued = [q for q in self.manifest.requeued if q not in done]
         self._dirty = True
         return n
+
+    def _write_rows(self, start: int, columns: tuple[np.ndarray, ...]) -> None:
+        """Write one batch's columns (in ARRAY_NAMES order) at row `start` and extend the
+        per-chunk checksums with them (a store made before checksums gains them for every
+        chunk it starts from now on)."""
+        if self.manifest.checksums is None:
+            self.manifest.checksums = {}
+        crcs = self.manifest.checksums
+        for name, arr, data in zip(ARRAY_NAMES, self._arrays, columns, strict=True):
+            data = as_stored(arr, data)
+            try:
+                arr[start:start + len(data)] = data
+            except OSError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the chunk it adds to does not decode
+                raise StoreError(f"store {self.path} is damaged: adding rows at {start} to "
+                                 f"{arr.path} failed ({' '.join(str(exc).split())}); "
+                                 f"`audio-wgan store-info --verify {self.path}` lists the "
+                                 "damage") from None
+            extend_checksums(crcs.setdefault(name, []), int(arr.chunks[0]), start, data)
 
     def touch(self, path: str, size: int, mtime_ns: int) -> None:
         """Same content, new stat (e.g. copied or touched): keep rows, remember the stat."""
@@ -299,6 +339,7 @@ class MelStoreWriter:
         ten times what that one cost, so rewriting a large manifest never takes more than
         about a tenth of a run (small manifests are committed after every batch).
         """
+        fault_point("commit_requested")  # once per batch in a precompute (tests kill here)
         if not self._dirty:
             return False
         now = time.perf_counter()
@@ -314,6 +355,13 @@ class MelStoreWriter:
     def live_rows(self) -> int:
         return self.manifest.live_rows()
 
+    def _live_phys(self) -> np.ndarray:
+        """Sorted physical rows of the kept files."""
+        entries = sorted(self.manifest.files.values(), key=lambda e: e.start)
+        if not entries:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(e.start, e.stop, dtype=np.int64) for e in entries])
+
     # ------------------------------------------------------------- end of run
     def finalize(self, compact: bool | None = None) -> dict[str, Any]:
         """Trim uncommitted rows, refresh statistics and attributes, consolidate metadata;
@@ -327,7 +375,8 @@ class MelStoreWriter:
         fp = self.manifest.fingerprint()
         stats = self.manifest.stats
         if self.manifest.live_rows() and (not stats or stats.get("fingerprint") != fp):
-            mean, std, count = MelStore(self.path, self.manifest, self._group).compute_stats()
+            mean, std, count = stats_from_sums(self._sums, self._live_phys(),
+                                               self.mel_config.n_mels, self.mel_config.frames)
             self.manifest.stats = {"fingerprint": fp, "count": int(count),
                                    "mean": [float(x) for x in mean],
                                    "std": [float(x) for x in std]}
@@ -357,6 +406,22 @@ class MelStoreWriter:
         dead = self.dead_rows()
         return dead >= max(COMPACT_DEAD_FRACTION * self.manifest.rows, self._chunk_rows)
 
+    def drop_damaged(self) -> dict[str, Any]:
+        """Stop keeping the files with rows in damaged chunks (missing, not decoding, or not
+        matching their checksum): their rows die, and since they are no longer in the
+        manifest the next precompute computes them again (listed as `requeued` until
+        then). Returns the damaged chunks and those files; `compact()` drops the rows."""
+        m = self.manifest
+        rep = verify_arrays(dict(zip(ARRAY_NAMES, self._arrays, strict=True)), m.rows,
+                            m.checksums)
+        lost = sorted(damaged_files(m, rep.damaged))
+        for path in lost:
+            del m.files[path]
+        if lost:
+            m.requeued = sorted(set(m.requeued) | set(lost))
+            self._dirty = True
+        return {"damaged_chunks": [d.describe() for d in rep.damaged], "requeued": lost}
+
     def compact(self) -> dict[str, int]:
         """Drop dead rows: copy the live rows into a new generation of arrays, commit the
         manifest that points at it, then delete the old generation unless a reader still
@@ -365,7 +430,8 @@ class MelStoreWriter:
 
         Crash safe by the same ordering as appends: a compaction killed before its commit
         leaves a partial new generation that the next writer deletes; after it, an old
-        one that the next writer deletes.
+        one that the next writer deletes. Chunks holding no live row are never read, so
+        after `drop_damaged` the damaged ones are left behind with the old generation.
         """
         self.commit()
         m = self.manifest
@@ -377,13 +443,17 @@ class MelStoreWriter:
         live = m.live_rows()
         new = dataclasses.replace(m, rows=live, generation=gen)
         try:
-            _create_arrays(self._group, prefix, self.mel_config, rows=live)
+            create_arrays(self._group, prefix, self.mel_config, rows=live)
             dst = _open_arrays(self._group, prefix)
-            new.files = _copy_rows(self._arrays, dst, entries, self._chunk_rows)
+            new.files, new.checksums = _copy_rows(self._arrays, dst, entries,
+                                                  self._chunk_rows)
         except OSError as exc:  # a full disk, most likely: nothing was committed
             remove_generation(self.path, gen)
             raise StoreError(f"compaction of {self.path} failed ({exc.strerror or exc}); the "
                              "store is unchanged") from None
+        except StoreError:  # a damaged chunk holding live rows: see drop_damaged
+            remove_generation(self.path, gen)
+            raise
         fault_point("compact_copied")
         # a commit that fails leaves the new generation to the next writer's clean-up
         commit_manifest(self.path, new)
@@ -435,23 +505,6 @@ def _create_group(p: Path) -> zarr.Group:
     return group
 
 
-def _create_arrays(group: zarr.Group, prefix: str, cfg: MelConfig, rows: int = 0) -> None:
-    """The arrays of one generation (`prefix` "" or "gen<g>/"), `rows` long."""
-    rpc = rows_per_chunk(cfg)
-    blosc = BloscCodec(cname="zstd", clevel=MEL_CLEVEL, shuffle="shuffle",
-                       blocksize=MEL_BLOCKSIZE)
-    group.create_array(prefix + MELS, shape=(rows, cfg.n_mels, cfg.frames),
-                       chunks=(rpc, cfg.n_mels, cfg.frames), dtype="float16",
-                       compressors=blosc, fill_value=0, overwrite=True)
-    int_codec = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
-    for name, dtype in ((LABELS, "int32"), (SOURCE, "int32"), (OFFSET, "int64")):
-        group.create_array(prefix + name, shape=(rows,), chunks=(INDEX_CHUNK_ROWS,),
-                           dtype=dtype, compressors=int_codec, fill_value=-1, overwrite=True)
-    group.create_array(prefix + MEL_SUMS, shape=(rows, 2, cfg.n_mels),
-                       chunks=(SUMS_CHUNK_ROWS, 2, cfg.n_mels), dtype="float64",
-                       compressors=int_codec, fill_value=0.0, overwrite=True)
-
-
 def _open_arrays(group: zarr.Group, prefix: str) -> tuple[zarr.Array, ...]:
     """mels, labels, source, offset, mel_sums of one generation, opened for writing."""
     # Zarr compares every chunk it writes with the fill value, to skip storing empty ones;
@@ -461,9 +514,11 @@ def _open_arrays(group: zarr.Group, prefix: str) -> tuple[zarr.Array, ...]:
 
 
 def _copy_rows(src: tuple[zarr.Array, ...], dst: tuple[zarr.Array, ...],
-               entries: list[FileEntry], chunk_rows: int) -> dict[str, FileEntry]:
+               entries: list[FileEntry], chunk_rows: int
+               ) -> tuple[dict[str, FileEntry], Checksums]:
     """Copy the rows of `entries` (in physical order) from the `src` arrays to the start
-    of the `dst` ones, packed; return the entries with their new row ranges.
+    of the `dst` ones, packed; return the entries with their new row ranges and the
+    checksums of the new chunks.
 
     Reads chunk-aligned blocks of about COPY_BYTES once each (live rows are often scattered
     a few at a time among dead ones: reading each run alone decompressed its chunks again
@@ -475,13 +530,16 @@ def _copy_rows(src: tuple[zarr.Array, ...], dst: tuple[zarr.Array, ...],
     phys = (np.concatenate([np.arange(e.start, e.stop, dtype=np.int64) for e in entries])
             if entries else np.zeros(0, dtype=np.int64))
     pending: list[list[np.ndarray]] = [[] for _ in src]
+    crcs: Checksums = {name: [] for name in ARRAY_NAMES}
     held = written = 0
 
     def flush(n: int) -> None:
         nonlocal held, written
         for i, arr in enumerate(dst):
             data = np.concatenate(pending[i]) if len(pending[i]) > 1 else pending[i][0]
-            arr[written:written + n] = data[:n]
+            out = as_stored(arr, data[:n])
+            arr[written:written + n] = out
+            extend_checksums(crcs[ARRAY_NAMES[i]], int(arr.chunks[0]), written, out)
             pending[i] = [data[n:]] if n < len(data) else []
         held -= n
         written += n
@@ -500,7 +558,13 @@ def _copy_rows(src: tuple[zarr.Array, ...], dst: tuple[zarr.Array, ...],
         out[e.path] = dataclasses.replace(e, start=pos, stop=pos + e.n_rows)
         pos += e.n_rows
     assert pos == written
-    return out
+    return out, crcs
+
+
+def _remove_made(made: Path | None) -> None:
+    """Remove the folder a failed create made (`None`: it existed before)."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def _is_unfinished_store(p: Path) -> bool:

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 COMMAND_MODULES = [
     "demo_data",
@@ -30,8 +31,16 @@ class UserError(Exception):
     """Bad input: printed as one line, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse without the usage block before its refusals: the reason is the one line
+    (`--help` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="audio-wgan",
         description="Class-conditional WGAN-GP audio generator (Zarr mel store, Prefect, MLflow).",
     )
@@ -48,21 +57,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code is returned (argparse's refusals included), so that
+    the command can be called in-process exactly as the console script runs it."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a refused argument (2, reason already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"audio-wgan {args.command}: error: {exc}", file=sys.stderr)
+        fail(f"audio-wgan {args.command}: error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print(f"audio-wgan {args.command}: interrupted", file=sys.stderr)
+        fail(f"audio-wgan {args.command}: interrupted")
         return 130
+
+
+def fail(line: str) -> None:
+    """Print the reason as the last line of stderr.
+
+    Prefect's background services (events, API logs) drain when the interpreter exits and
+    then log warnings of their own ("EventsWorker - Still processing items"); they are
+    drained here first, the way Prefect's test harness does, so nothing follows our line.
+    """
+    drain_prefect_services()
+    sys.stdout.flush()
+    print(" ".join(line.split()), file=sys.stderr, flush=True)
+
+
+def drain_prefect_services(timeout: float = 10.0) -> None:
+    """Send what Prefect still queues (only when this run imported Prefect at all)."""
+    if "prefect.events.worker" not in sys.modules:
+        return
+    import contextlib
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        with contextlib.suppress(Exception):  # nothing to drain, or the API is gone
+            service.drain_all(timeout=timeout)
 
 
 if __name__ == "__main__":

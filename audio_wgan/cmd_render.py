@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+from audio_wgan.model_source import load_model_bundle
+from audio_wgan.params import add_seed, output_dir, ranged
+from gan.limits import EPOCH, GRIFFIN_LIM_ITERS, PER_CLASS
+
+__all__ = ["load_model_bundle", "register", "run"]  # cmd_evaluate imports the loader here
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,40 +24,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="URI")
     p.add_argument("--out", default="samples", metavar="DIR",
                    help="samples folder to write into (default: ./samples)")
-    p.add_argument("--per-class", type=int, default=4, metavar="N",
-                   help="samples per class (default 4)")
-    p.add_argument("--seed", type=int, default=1234, metavar="S",
-                   help="latent grid seed (default 1234, the one training renders with)")
-    p.add_argument("--griffin-lim-iters", type=int, default=32, metavar="N",
-                   help="Griffin-Lim iterations (default 32)")
-    p.add_argument("--epoch", type=int, default=None, metavar="E",
+    p.add_argument("--per-class", type=ranged(PER_CLASS, "--per-class"), default=4,
+                   metavar="N", help=f"samples per class, 1..{PER_CLASS.hi} (default 4)")
+    add_seed(p, 1234, "latent grid seed (default 1234, the one training renders with)")
+    p.add_argument("--griffin-lim-iters", type=ranged(GRIFFIN_LIM_ITERS, "--griffin-lim-iters"),
+                   default=32, metavar="N",
+                   help=f"Griffin-Lim iterations, 1..{GRIFFIN_LIM_ITERS.hi} (default 32)")
+    p.add_argument("--epoch", type=ranged(EPOCH, "--epoch"), default=None, metavar="E",
                    help="epoch label of the files (default: the model's trained epochs)")
     p.set_defaults(func=run)
-
-
-def load_model_bundle(uri: str) -> Any:
-    """GeneratorBundle from an MLflow URI or a local bundle dir; bad input -> UserError."""
-    from audio_wgan.cli import UserError
-    from storage.registry import RegistryError, load_bundle
-
-    try:
-        return load_bundle(uri)
-    except (RegistryError, FileNotFoundError, ValueError, KeyError) as exc:
-        text = str(exc).strip().splitlines()
-        raise UserError(f"cannot load model {uri}: {text[0] if text else type(exc).__name__}"
-                        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
     from audio_wgan.cli import UserError
     from tasks.render import render
 
-    if not 1 <= args.per_class <= 64:
-        raise UserError("--per-class must be between 1 and 64")
-    if args.griffin_lim_iters < 1:
-        raise UserError("--griffin-lim-iters must be at least 1")
-    if args.epoch is not None and args.epoch < 0:
-        raise UserError("--epoch must be >= 0")
+    output_dir(args.out, "--out")
     bundle = load_model_bundle(args.model)
     epoch = args.epoch if args.epoch is not None else int(bundle.meta.get("epoch", 0) or 0)
     n = len(bundle.class_names) * args.per_class

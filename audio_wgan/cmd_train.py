@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.defaults import CHECKPOINT_DIR, EXPERIMENT, MODEL_NAME
+from flows.defaults import CHECKPOINT_DIR, DEFAULT_PRESET, EXPERIMENT, MODEL_NAME, PRESET_NAMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,9 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "epochs trains 10 more. Honours MLFLOW_TRACKING_URI and PREFECT_API_URL.",
     )
     p.add_argument("--store", required=True, metavar="STORE", help="mel store (Zarr) to train on")
-    p.add_argument("--preset", choices=["seed", "small", "tiny"], default="small",
-                   help="model size (seed = the seed's full-width nets; default small)")
+    p.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
+                   help="architecture: seed (the seed's nets, as its document describes "
+                   "them), small/tiny (the seed's layout, narrower), small-proj-cbn "
+                   f"(projection critic + conditional BatchNorm; BENCHMARKS.md); default "
+                   f"{DEFAULT_PRESET}")
     p.add_argument("--epochs", type=int, default=100, metavar="N", help="total epochs to reach")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="stop at the first epoch boundary after M minutes of training, then "
+                   "checkpoint, render and register as usual")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--seed", type=int, default=0, metavar="S")
     p.add_argument("--checkpoint-dir", default=CHECKPOINT_DIR, metavar="DIR")
@@ -71,14 +77,16 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every, resume=args.resume,
             warm_start=args.warm_start, model_name=args.model_name,
             experiment=args.experiment, register=not args.no_register, device=args.device,
-            memory_budget_mb=args.memory_budget_mb, show_progress=not args.quiet)
+            memory_budget_mb=args.memory_budget_mb, show_progress=not args.quiet,
+            max_minutes=args.max_minutes)
     except (TrainingError, CheckpointError, RegistryError) as exc:
         lines = str(exc).strip().splitlines()
         raise UserError(lines[0] if lines else type(exc).__name__) from None
     start = result["start"]
     if start["mode"] != "fresh":
         print(f"{start['mode']} from {start['checkpoint']} (epoch {start['epoch']})")
-    print(f"trained {result['epochs_trained']} epoch(s) to epoch {result['epoch']} on "
+    why = " (time limit reached)" if result.get("stopped_by_time") else ""
+    print(f"trained {result['epochs_trained']} epoch(s) to epoch {result['epoch']}{why} on "
           f"{result['device']}; checkpoint {result['checkpoint']}")
     print(f"MLflow run {result['run_id']}; bundle {result['bundle']}")
     if result["model"]:

@@ -6,6 +6,8 @@ fresh checkout runs every deployment with no parameters.
 
 from __future__ import annotations
 
+from gan.presets import BUILTIN_PRESETS
+
 WORK_DIR = "work"
 DEMO_DATA_DIR = f"{WORK_DIR}/demo-data"
 STORE = f"{WORK_DIR}/mels.zarr"
@@ -25,3 +27,5 @@ DEMO_MEL: dict[str, int] = {
 }
 DEMO_CLIPS_PER_CLASS = 40
 DEMO_PRESET = "small"
+PRESET_NAMES = BUILTIN_PRESETS
+DEFAULT_PRESET = "small"  # for `train` on user data

@@ -7,13 +7,14 @@ the total to reach, so `epochs=2, resume=True` after a 1-epoch run trains one mo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flows.defaults import CHECKPOINT_DIR, EXPERIMENT, MODEL_NAME, STORE
-from gan.trainer import TrainConfig
+from gan.models import get_preset
+from gan.trainer import TimeBudget, TrainConfig
 from tasks import tracking
 from tasks.train import (
     TrainingError,
@@ -36,8 +37,10 @@ class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     store: str = Field(STORE, min_length=1)
-    preset: Literal["seed", "small", "tiny"] = "small"
+    preset: str = "small"
     epochs: int = Field(100, ge=1, le=1_000_000)
+    # stop at the first epoch boundary after this many minutes of training (None: no limit)
+    max_minutes: float | None = Field(None, gt=0, le=1_000_000)
     batch_size: int = Field(64, ge=1, le=65536)
     seed: int = Field(0, ge=0, lt=2**63)
     checkpoint_dir: str = Field(CHECKPOINT_DIR, min_length=1)
@@ -64,6 +67,12 @@ class TrainParams(BaseModel):
     cpu_threads: int = Field(1, ge=0, le=1024)
     render_per_class: int = Field(4, ge=1, le=64)
     griffin_lim_iters: int = Field(32, ge=1, le=1000)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        get_preset(v)  # ValueError names the known ones
+        return v
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -95,7 +104,7 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
           ema_decay: float = 0.999, amp: bool | None = None, bundle_dir: str | None = None,
           show_progress: bool = False, samples_dir: str | None = None, render: bool = True,
           render_per_class: int = 4, griffin_lim_iters: int = 32,
-          cpu_threads: int = 1) -> dict[str, Any]:
+          cpu_threads: int = 1, max_minutes: float | None = None) -> dict[str, Any]:
     """Train (or resume) to `epochs`, register the EMA generator; return a summary dict.
 
     Every `sample_every` epochs and at the end, the fixed latent grid is rendered with the EMA
@@ -104,6 +113,9 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
     `cpu_threads` is torch's intra-op thread count when training on the CPU (0: torch's
     default). One thread is the default because these small convolutions gain little from
     a second OpenMP thread and lose up to 4x when the cores are shared (BENCHMARKS.md).
+    `max_minutes` stops training at the first epoch boundary after that many minutes of
+    training (wall clock, data loading excluded); the run then checkpoints, renders and
+    registers as usual.
     """
     p = validate_params(dict(locals()))
     cfg = p.train_config()
@@ -126,15 +138,19 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
         history: list[dict[str, Any]] = []
         samples: dict[str, Any] | None = None
         samples_dir = p.samples_dir or str(Path(p.checkpoint_dir).parent / "samples")
+        budget = TimeBudget(p.max_minutes * 60.0) if p.max_minutes else None
+        stopped = False
         with tracking.MetricBatcher(run_id) as metrics:
-            while trainer.epoch < p.epochs:
+            while trainer.epoch < p.epochs and not stopped:
                 stop_at = next_render_epoch(trainer.epoch, p.sample_every)
                 block = train_block_task(trainer, data, p.epochs, p.checkpoint_dir, meta,
                                          metrics, progress_id, p.show_progress,
-                                         stop_at=stop_at)
+                                         stop_at=stop_at, budget=budget)
                 blocks.append(block)
                 history.extend(block["history"])
-                due = trainer.epoch % p.sample_every == 0 or trainer.epoch >= p.epochs
+                stopped = bool(block["stopped"])
+                due = (trainer.epoch % p.sample_every == 0 or trainer.epoch >= p.epochs
+                       or stopped)
                 if p.render and due:
                     samples = render_epoch_task(trainer, data, samples_dir, history, run_id,
                                                 p.render_per_class, p.griffin_lim_iters)
@@ -165,6 +181,7 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
         "epoch": trainer.epoch,
         "step": trainer.step,
         "epochs_trained": trainer.epoch - start.epoch,
+        "stopped_by_time": stopped,
         "start": {"mode": start.mode, "checkpoint": start.checkpoint, "epoch": start.epoch,
                   "skipped": start.skipped},
         "final": {k: last["last"].get(k) for k in ("critic_loss", "generator_loss",

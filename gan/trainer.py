@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gan.data import TrainData
 from gan.devices import resolve_device
@@ -166,7 +167,9 @@ class WGANTrainer:
         if cuda:
             torch.backends.cudnn.benchmark = True
 
-        g, d = build_models(n_classes, n_mels, frames, get_preset(cfg.preset))
+        preset = get_preset(cfg.preset)
+        self.ac_weight = float(preset.ac_weight)
+        g, d = build_models(n_classes, n_mels, frames, preset)
         self.generator = g.to(self.device)
         self.critic = d.to(self.device)
         self.ema = EMA(self.generator, cfg.ema_decay)
@@ -218,18 +221,30 @@ class WGANTrainer:
         d, g = self.critic, self.generator
         b = real.shape[0]
         noise = self._noise(b)
+        aux_logits = None
         with self._autocast():
             with torch.no_grad():
                 fake = g(noise, labels)
-            # real and fake through the critic as one batch (it has no batch-coupled layers)
-            scores = d(torch.cat([real, fake.to(real.dtype)]), torch.cat([labels, labels]))
-        d_real, d_fake = scores[:b], scores[b:]
+            fake = fake.to(real.dtype)
+            if d.batch_coupled:  # minibatch stddev: real and fake never share a group
+                d_real, d_fake = d(real, labels), d(fake, labels)
+                if self.ac_weight:
+                    d_real, aux_logits = d(real, labels, with_aux=True)
+            elif self.ac_weight:
+                scores, logits = d(torch.cat([real, fake]), torch.cat([labels, labels]),
+                                   with_aux=True)
+                d_real, d_fake, aux_logits = scores[:b], scores[b:], logits[:b]
+            else:  # real and fake through the critic as one batch
+                scores = d(torch.cat([real, fake]), torch.cat([labels, labels]))
+                d_real, d_fake = scores[:b], scores[b:]
         interp = interpolate(real, fake, self.rng)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         with self._autocast():
             gp = gradient_penalty(d, interp, labels, scale)
         w = w_estimate(d_real, d_fake)
         loss = critic_loss(d_real, d_fake, gp, self.cfg.gp_weight)
+        if aux_logits is not None:  # AC-GAN: the critic learns the classes of real rows
+            loss = loss + self.ac_weight * F.cross_entropy(aux_logits.float(), labels)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self._optimiser_step("critic", self.opt_d, loss, self.critic)
@@ -243,7 +258,13 @@ class WGANTrainer:
         d.requires_grad_(False)
         try:
             with self._autocast():
-                loss = generator_loss(d(g(noise, labels), labels))
+                fake = g(noise, labels)
+                if self.ac_weight:  # AC-GAN: generated rows must be of their class
+                    score, logits = d(fake, labels, with_aux=True)
+                    loss = (generator_loss(score)
+                            + self.ac_weight * F.cross_entropy(logits.float(), labels))
+                else:
+                    loss = generator_loss(d(fake, labels))
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
         finally:
@@ -332,6 +353,27 @@ class WGANTrainer:
         self.epoch += 1
         return meter.stats(self.epoch)
 
+    def fit(self, data: TrainData, until_epoch: int,
+            on_step: Callable[[dict], None] | None = None,
+            on_epoch: Callable[[EpochStats], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> list[EpochStats]:
+        """Train whole epochs until `until_epoch`, or until `should_stop()` says so.
+
+        The one training loop (stylegan2-ada's `training_loop` with its `progress_fn` and
+        `abort_fn`): `on_step` after each generator step, `on_epoch` after each epoch,
+        `should_stop` asked at every epoch boundary, so a stop never splits an epoch and a
+        checkpoint taken afterwards resumes exactly. Returns the epochs' statistics.
+        """
+        history: list[EpochStats] = []
+        while self.epoch < until_epoch:
+            stats = self.train_epoch(data, on_step=on_step)
+            history.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
+            if should_stop is not None and should_stop():
+                break
+        return history
+
     def _close_window(self, window: list[torch.Tensor], seen: int, labels: torch.Tensor,
                       meter: _EpochMeter, on_step: Callable[[dict], None] | None) -> None:
         """A generator step after a window of critic steps, then bookkeeping and on_step."""
@@ -415,6 +457,29 @@ class WGANTrainer:
             raise ValueError(
                 f"checkpoint is for preset {saved_preset!r} with {state.get('shape')}, "
                 f"this run is preset {self.cfg.preset!r} with {self.shape}")
+
+
+class TimeBudget:
+    """A training-time limit measured on `clock` from creation (None: no limit).
+
+    `train --max-minutes` uses the wall clock; the quality benchmark gives every variant
+    the same budget of process CPU time (`time.process_time`), which other jobs sharing
+    the machine cannot shrink.
+    """
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        if seconds is not None and not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"a time budget must be a positive number of seconds, "
+                             f"got {seconds}")
+        self.seconds, self.clock = seconds, clock
+        self.t0 = clock()
+
+    def spent(self) -> float:
+        return self.clock() - self.t0
+
+    def exhausted(self) -> bool:
+        return self.seconds is not None and self.spent() >= self.seconds
 
 
 def rng_state(own: torch.Generator | None = None) -> dict[str, Any]:

@@ -8,10 +8,9 @@ raises for bad input.
 Policies (recorded in the store's mel config and documented in the README):
 - all-zero audio is rejected as "silent"; NaN/inf samples are rejected;
 - clips shorter than one FFT window (n_fft samples at the store's rate) are rejected as
-  "too short"; anything longer but shorter than one example is zero-padded at the end;
-- longer clips are split into examples every `split_hop_frames` frames, keeping a final
-  zero-padded example when at least half of it is real audio, or cropped to the first
-  example (`long_clip_policy`).
+  "too short"; anything longer but shorter than one example is padded (`pad_policy`);
+- longer clips are split into examples every `split_hop_frames` frames, the last one ending
+  at the clip's end (`tail_policy`), or cropped to the first example (`long_clip_policy`).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import math
 import os
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +30,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from gan.spectral import LogMel, MelConfig
+from gan.spectral import MIN_TAIL_FRACTION, LogMel, MelConfig
 from storage.mel_store import mel_sums
 
 # extensions of formats libsndfile reads (matched case-insensitively)
@@ -71,12 +71,68 @@ class Extracted:
     samples: int = 0
 
 
-def read_bytes(path: str) -> bytes:
-    """Whole file; transient OS errors are retried, permanent ones become rejections."""
+# Bounded reads: a file is read whole (for its hash) and decoded whole, so both are capped
+# before any byte is read. Generous defaults, set in the environment (worker processes
+# inherit it): AUDIO_WGAN_MAX_CLIP_SECONDS (declared length, at the file's own rate) and
+# AUDIO_WGAN_MAX_FILE_MB (file size; the decoded float32 samples may be 4x that).
+MAX_CLIP_SECONDS_ENV, DEFAULT_MAX_CLIP_SECONDS = "AUDIO_WGAN_MAX_CLIP_SECONDS", 3600.0
+MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB = "AUDIO_WGAN_MAX_FILE_MB", 1024
+MAX_CHANNELS = 64
+SMALL_FILE = 64 << 20  # below this a file's header is not consulted before reading it
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much of one file may be read and decoded."""
+
+    max_seconds: float = DEFAULT_MAX_CLIP_SECONDS
+    max_file_bytes: int = DEFAULT_MAX_FILE_MB << 20
+
+    @classmethod
+    def from_env(cls) -> ReadLimits:
+        def number(name: str, default: float) -> float:
+            try:
+                value = float(os.environ.get(name, default))
+            except ValueError:
+                return default
+            return value if math.isfinite(value) and value > 0 else default
+
+        return cls(number(MAX_CLIP_SECONDS_ENV, DEFAULT_MAX_CLIP_SECONDS),
+                   int(number(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB) * (1 << 20)))
+
+    def file_bytes(self, path: str | bytes, size: int) -> int:
+        """The size cap of this file: the absolute cap, and for a big file whose header
+        reads, `max_seconds` of its rate and channels at 8 bytes a sample."""
+        if size <= SMALL_FILE:
+            return self.max_file_bytes
+        try:
+            info = sf.info(os.fsencode(path))
+            by_header = int(self.max_seconds * info.samplerate * max(info.channels, 1) * 8)
+        except Exception:  # noqa: BLE001 - not audio: decode() will say so
+            return self.max_file_bytes
+        return min(self.max_file_bytes, by_header + SMALL_FILE)
+
+
+def _size(n: int) -> str:
+    return f"{n} bytes = {n / 2**30:.2f} GiB" if n >= 2**30 else f"{n} bytes = {n / 2**20:.1f} MiB"
+
+
+def read_bytes(path: str, limits: ReadLimits | None = None) -> bytes:
+    """Whole file, at most `limits` allow (else rejected with its size); transient OS
+    errors are retried, permanent ones become rejections."""
+    limits = limits or ReadLimits.from_env()
     for attempt in range(TRANSIENT_RETRIES + 1):
         try:
             with open(path, "rb") as f:
-                return f.read()
+                size = os.fstat(f.fileno()).st_size
+                cap = limits.file_bytes(path, size)
+                if size > cap:
+                    raise ClipRejected(f"too large ({_size(size)}; the limit is {cap} bytes, "
+                                       f"see {MAX_FILE_MB_ENV})")
+                data = f.read(cap + 1)  # a file that grows while read stays bounded too
+                if len(data) > cap:
+                    raise ClipRejected(f"too large (over {cap} bytes, see {MAX_FILE_MB_ENV})")
+                return data
         except FileNotFoundError:
             raise
         except PermissionError:
@@ -97,8 +153,12 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode(source: str | bytes, max_frames: int | None = None) -> tuple[np.ndarray, int]:
+def decode(source: str | bytes, max_frames: int | None = None,
+           limits: ReadLimits | None = None) -> tuple[np.ndarray, int]:
     """A file path (str) or the file's bytes -> (float32 (frames, channels), sample rate).
+
+    A header declaring more than `limits` allow (seconds at its own rate, channels, decoded
+    bytes) is rejected before anything is decoded.
 
     Paths are decoded by libsndfile directly: decoding from memory goes through Python
     read callbacks that hold the GIL, which serialises the worker threads on ogg/mp3.
@@ -109,20 +169,41 @@ def decode(source: str | bytes, max_frames: int | None = None) -> tuple[np.ndarr
         target: object = io.BytesIO(source)
     else:
         target = os.fsencode(source)  # bytes path: any file name, even undecodable ones
+    limits = limits or ReadLimits.from_env()
     try:
         with sf.SoundFile(target) as f:
             sr, channels = int(f.samplerate), int(f.channels)
-            x = f.read(frames=-1 if max_frames is None else max_frames, dtype="float32",
-                       always_2d=True)
+            # checked from the header, before a sample is decoded
+            too_big = _too_big(int(f.frames), sr, channels, max_frames, limits)
+            x = None if too_big else f.read(frames=-1 if max_frames is None else max_frames,
+                                            dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001 - libsndfile reports bad files many ways
         msg = getattr(exc, "error_string", None) or str(exc)
         msg = msg.removeprefix("Error : ").rstrip(".")
         raise ClipRejected(f"not decodable audio ({one_line(msg)})") from None
+    if too_big:
+        raise ClipRejected(too_big)
+    assert x is not None
     if sr <= 0 or channels <= 0:
         raise ClipRejected(f"bad header (sample rate {sr}, {channels} channels)")
     if x.shape[0] == 0:
         raise ClipRejected("no audio frames")
     return x, sr
+
+
+def _too_big(frames: int, sr: int, channels: int, max_frames: int | None,
+             limits: ReadLimits) -> str:
+    """Why a header's declared size is over the limits, or "" when it is not."""
+    n = frames if max_frames is None or frames < 0 else min(frames, max_frames)
+    if channels > MAX_CHANNELS:
+        return f"too many channels ({channels}; at most {MAX_CHANNELS})"
+    if sr > 0 and n > limits.max_seconds * sr:
+        return (f"too long ({n} frames = {n / sr:.0f} s at {sr} Hz; the limit is "
+                f"{limits.max_seconds:g} s, see {MAX_CLIP_SECONDS_ENV})")
+    if n * max(channels, 1) * 4 > 4 * limits.max_file_bytes:
+        return (f"too large decoded ({_size(n * channels * 4)} of samples; the limit is "
+                f"{4 * limits.max_file_bytes} bytes, see {MAX_FILE_MB_ENV})")
+    return ""
 
 
 def check_and_downmix(x: np.ndarray) -> np.ndarray:
@@ -173,16 +254,57 @@ class Resampler:
         return out.float()
 
 
-def segment(wave: torch.Tensor, cfg: MelConfig) -> tuple[torch.Tensor, list[int]]:
-    """(T,) -> (K, segment_samples) examples and their start offsets (see module doc)."""
-    s, h, t = cfg.segment_samples, cfg.hop_samples, int(wave.shape[-1])
+def split_offsets(t: int, cfg: MelConfig) -> list[int]:
+    """Start offsets of the examples of a clip of `t` samples (see MelConfig's policies)."""
+    s, h = cfg.segment_samples, cfg.hop_samples
     if t <= s or cfg.long_clip_policy == "crop":
-        offsets = [0]
-    else:
-        offsets = list(range(0, t - s + 1, h))
-        tail = offsets[-1] + h
-        if tail < t and t - tail >= s // 2:
-            offsets.append(tail)
+        return [0]
+    offsets = list(range(0, t - s + 1, h))
+    if cfg.tail_policy == "end":
+        if t - (offsets[-1] + s) >= MIN_TAIL_FRACTION * s:  # audio no example covers yet
+            offsets.append(t - s)
+        return offsets
+    tail = offsets[-1] + h
+    if tail < t and t - tail >= s // 2:
+        offsets.append(tail)
+    return offsets
+
+
+def noise_floor(wave: torch.Tensor, frame: int = 256) -> float:
+    """RMS of the clip's quietest tenth of `frame`-sample blocks (at least 1e-5, -100 dBFS):
+    the level of its background, which "noise" padding continues instead of silence."""
+    t = int(wave.shape[-1])
+    n = max(1, t // frame)
+    blocks = wave[:n * frame].reshape(n, -1) if t >= frame else wave.reshape(1, -1)
+    rms = blocks.double().square().mean(dim=1).sqrt().sort().values
+    return max(float(rms[: max(1, n // 10)].mean()), 1e-5)
+
+
+def pad_short(wave: torch.Tensor, s: int, policy: str) -> torch.Tensor:
+    """A clip shorter than `s` samples as exactly `s` samples under `policy`.
+
+    "noise" draws from a generator seeded by the clip's own samples, so the same clip gives
+    the same row on every run, pool and machine.
+    """
+    t = int(wave.shape[-1])
+    out = torch.zeros(s, dtype=torch.float32)
+    out[:t] = wave
+    if policy == "loop":
+        reps = -(-s // t)
+        return wave.repeat(reps)[:s].contiguous()
+    if policy == "noise":
+        seed = zlib.crc32(wave.numpy().tobytes())
+        g = torch.Generator().manual_seed(seed)
+        out[t:] = torch.randn(s - t, generator=g) * noise_floor(wave)
+    return out
+
+
+def segment(wave: torch.Tensor, cfg: MelConfig) -> tuple[torch.Tensor, list[int]]:
+    """(T,) -> (K, segment_samples) examples and their start offsets (see MelConfig)."""
+    s, t = cfg.segment_samples, int(wave.shape[-1])
+    offsets = split_offsets(t, cfg)
+    if t < s:
+        return pad_short(wave, s, cfg.pad_policy)[None], offsets
     segs = torch.zeros(len(offsets), s, dtype=torch.float32)
     for i, o in enumerate(offsets):
         piece = wave[o:o + s]
@@ -234,7 +356,8 @@ class FeatureExtractor:
         segs, offsets = segment(wave, self.cfg)
         segs = segs.to(self.device)
         s, t = segs.shape[-1], int(wave.shape[-1])
-        padded = [k for k, o in enumerate(offsets) if t - o < s]
+        zero_padded = t >= s or self.cfg.pad_policy == "zero-end"
+        padded = [k for k, o in enumerate(offsets) if t - o < s] if zero_padded else []
         if not padded:
             db = self.logmel(segs)
         else:  # a zero-padded example skips the frames that only see its zeros

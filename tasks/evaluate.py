@@ -46,6 +46,7 @@ from storage.mel_store import MelStore
 from storage.model_bundle import GeneratorBundle
 
 PROMOTION_METRIC = "frechet_distance"  # lower is better
+CUTTING_POLICIES = ("long_clip_policy", "split_hop_frames", "tail_policy", "pad_policy")
 DEFAULT_N_PER_CLASS = 32
 DEFAULT_SEED = 20240
 
@@ -60,10 +61,14 @@ def metric_key(name: str) -> str:
 
 
 def _check_compatible(bundle: GeneratorBundle, store: MelStore) -> list[int]:
-    """Store label of each of the bundle's classes; refuses mismatched mel configs."""
-    if bundle.mel.to_dict() != store.mel_config.to_dict():
-        diff = sorted(k for k, v in bundle.mel.to_dict().items()
-                      if store.mel_config.to_dict().get(k) != v)
+    """Store label of each of the bundle's classes; refuses mel configs whose rows differ.
+
+    How clips were cut into examples (the policies) does not change what a row means, so a
+    model trained on a store with other policies is still scored against this one.
+    """
+    mine, theirs = bundle.mel.to_dict(), store.mel_config.to_dict()
+    diff = sorted(k for k, v in mine.items() if k not in CUTTING_POLICIES and theirs.get(k) != v)
+    if diff:
         raise EvaluationError(f"the model's mel config differs from the store's ({', '.join(diff)}"
                               f"); evaluate against the store it was trained on")
     missing = [c for c in bundle.class_names if c not in store.classes]

@@ -25,9 +25,10 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from gan.classifier import split_by_source
 from gan.data import ResidentData, StreamingData, TrainData
 from gan.spectral import MelConfig, Normaliser
-from gan.trainer import EpochStats, NonFiniteLossError, TrainConfig, WGANTrainer
+from gan.trainer import EpochStats, NonFiniteLossError, TimeBudget, TrainConfig, WGANTrainer
 from storage import registry
 from storage.checkpoints import (
     CheckpointError,
@@ -43,6 +44,7 @@ from tasks.render import render_samples
 from tasks.tracking import MetricBatcher
 
 LOSS_KEYS = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein")
+FIT_PART = 0  # `split_by_source`'s training part (storage.classifier_cache.FIT)
 
 
 class TrainingError(ValueError):
@@ -92,31 +94,45 @@ def open_training_data(store: str, batch_size: int, seed: int,
         raise TrainingError(f"store {store} has no classes")
     mean, std = (np.asarray(a, dtype=np.float32) for a in ms.stats())
     normaliser = Normaliser(torch.from_numpy(mean), torch.from_numpy(std))
+    # the files `evaluate` holds out as its real reference are never trained on
+    fit_rows = training_rows(ms)
+    held_out = rows - len(fit_rows)
     budget = int(memory_budget_mb) * 2**20
     resident = resident_bytes(ms) <= budget
     data: TrainData
     if resident:
         mels, labels = ms.load(max_bytes=budget)
+        mels, labels = mels[fit_rows], np.asarray(labels, dtype=np.int64)[fit_rows]
         x = torch.empty((mels.shape[0], 1, mels.shape[1], mels.shape[2]), dtype=torch.float32)
         step = 4096  # normalise in slices: no second full-size temporary
         for i in range(0, mels.shape[0], step):
             x[i:i + step, 0] = normaliser.normalise(torch.from_numpy(mels[i:i + step]))
         del mels
-        data = ResidentData(x, torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+        data = ResidentData(x, torch.from_numpy(labels))
     else:
-        if rows < batch_size:
-            raise TrainingError(f"store has {rows} rows, fewer than one batch ({batch_size})")
+        if len(fit_rows) < batch_size:
+            raise TrainingError(f"store has {len(fit_rows)} training rows, fewer than one "
+                                f"batch ({batch_size})")
 
         def batches(epoch: int) -> Any:
-            return ms.iter_batches(batch_size, seed, epoch)
+            return ms.iter_batches(batch_size, seed, epoch, rows=fit_rows)
 
         data = StreamingData(batches, transform=normaliser.normalise)
     return TrainingData(data=data, classes=list(ms.classes), mel=ms.mel_config, mean=mean,
                         std=std, fingerprint=str(ms.fingerprint),
                         store=str(Path(ms.path).resolve()),
-                        rows=rows, resident=resident,
-                        info={"rows": rows, "classes": len(ms.classes),
+                        rows=len(fit_rows), resident=resident,
+                        info={"rows": len(fit_rows), "held_out_rows": held_out,
+                              "classes": len(ms.classes),
                               "resident": resident, "bytes_float32": resident_bytes(ms)})
+
+
+def training_rows(store: MelStore) -> np.ndarray:
+    """Live rows the generator trains on: those of the files `gan.classifier.split_by_source`
+    puts in the FIT part. The REF and PROBE files are what `evaluate` compares generated
+    examples with, so they must stay unseen by the generator."""
+    parts = split_by_source(store.row_sources(), store.labels())
+    return np.flatnonzero(parts == FIT_PART)
 
 
 def set_cpu_threads(device: str, threads: int) -> None:
@@ -140,7 +156,8 @@ class Start:
 
 def checkpoint_meta(data: TrainingData, cfg: TrainConfig) -> dict[str, Any]:
     return {"fingerprint": data.fingerprint, "store": data.store, "classes": data.classes,
-            "mel": data.mel.to_dict(), "preset": cfg.preset}
+            "mel": data.mel.to_dict(), "preset": cfg.preset,
+            "norm_mean": data.mean.tolist(), "norm_std": data.std.tolist()}
 
 
 def prepare_trainer(cfg: TrainConfig, data: TrainingData, checkpoint_dir: str, resume: bool,
@@ -216,9 +233,11 @@ def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoin
                 meta: dict[str, Any], metrics: MetricBatcher | None = None,
                 progress_id: str | None = None, echo: bool = False,
                 on_epoch: Callable[[EpochStats], None] | None = None,
-                stop_at: int | None = None) -> dict[str, Any]:
+                stop_at: int | None = None, budget: TimeBudget | None = None
+                ) -> dict[str, Any]:
     """Train up to `checkpoint_every` epochs (not past `epochs` or `stop_at`, the next render
-    epoch), then checkpoint.
+    epoch, and not past the first epoch boundary after `budget` is spent), then checkpoint.
+    `stopped` in the result says the budget ended it.
 
     A non-finite loss stops training with a TrainingError naming the step; nothing is
     saved, so the last good checkpoint stays the latest.
@@ -232,16 +251,8 @@ def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoin
         def on_step(m: dict[str, Any]) -> None:
             metrics.log({k: m[k] for k in (*LOSS_KEYS, "samples_per_s")}, step=int(m["step"]))
     history: list[dict[str, Any]] = []
-    while trainer.epoch < until:
-        try:
-            stats = trainer.train_epoch(data.data, on_step=on_step)
-        except NonFiniteLossError as exc:
-            if metrics is not None:
-                metrics.flush()
-            last = list_checkpoints(checkpoint_dir)
-            kept = last[-1].name if last else "none"
-            raise TrainingError(f"training stopped: {_one_line(exc)}; latest checkpoint "
-                                f"stays {kept}; nothing registered") from None
+
+    def epoch_done(stats: EpochStats) -> None:
         history.append(stats.to_dict())
         if metrics is not None:
             metrics.log({**{f"epoch_{k}": getattr(stats, k) for k in LOSS_KEYS},
@@ -257,6 +268,17 @@ def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoin
                 update_progress_artifact(progress_id, 100.0 * stats.epoch / max(epochs, 1))
             except Exception:  # noqa: BLE001 - progress display must not stop training
                 pass
+
+    try:
+        trainer.fit(data.data, until, on_step=on_step, on_epoch=epoch_done,
+                    should_stop=budget.exhausted if budget is not None else None)
+    except NonFiniteLossError as exc:
+        if metrics is not None:
+            metrics.flush()
+        last = list_checkpoints(checkpoint_dir)
+        kept = last[-1].name if last else "none"
+        raise TrainingError(f"training stopped: {_one_line(exc)}; latest checkpoint "
+                            f"stays {kept}; nothing registered") from None
     if metrics is not None:
         metrics.flush()
     if not trainer.weights_finite():
@@ -267,7 +289,8 @@ def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoin
     last = history[-1] if history else {}
     _checkpoint_artifact(path, trainer, last)
     return {"checkpoint": str(path), "epoch": trainer.epoch, "step": trainer.step,
-            "history": history, "last": last}
+            "history": history, "last": last,
+            "stopped": budget is not None and budget.exhausted()}
 
 
 def _checkpoint_artifact(path: Path, trainer: WGANTrainer, last: dict[str, Any]) -> None:

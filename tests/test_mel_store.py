@@ -26,7 +26,7 @@ def test_round_trip_layout_and_readers(tmp_path: Path, files: list[NewFile]) -> 
     built = build(tmp_path / "s", files)
     st = MelStore.open(tmp_path / "s")
     assert len(st) == 51 and st.classes == ["b", "a", "c"]  # classes in order of first sight
-    assert st.mel_config == MelConfig.from_dict(MEL)
+    assert st.mel_config == MelConfig(**MEL)
     mels, labels = st.load()
     assert mels.dtype == np.float16 and mels.shape == (51, 16, 24)
     np.testing.assert_array_equal(mels, expected_rows(built))  # canonical order: path, offset
@@ -190,7 +190,7 @@ def test_mel_config_change_refused_and_kept(tmp_path: Path, files: list[NewFile]
     assert "\n" not in str(e.value)
     # no overrides (or the same ones) reuse the store's own configuration
     w = MelStoreWriter.create_or_open(tmp_path / "s", {"frames": 24})
-    assert w.mel_config == MelConfig.from_dict(MEL)
+    assert w.mel_config == MelConfig(**MEL)
     w.close()
     with pytest.raises(StoreError, match="unknown mel setting"):
         resolve_mel_config(None, {"n_melz": 3})

@@ -26,11 +26,11 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 @pytest.fixture
 def data(tmp_path: Path, write_tone: Callable[..., Path]) -> Path:
     root = tmp_path / "data"
-    for i in range(3):  # 0.5 s -> 4000 samples at 8 kHz: one example + a padded tail
+    for i in range(3):  # 0.5 s -> 4000 samples at 8 kHz: one example + one ending at the end
         write_tone(f"alpha/a{i}.wav", seconds=0.5, sr=16000, freq=300 + 100 * i, root=root)
-    for i in range(2):  # 0.1 s: zero-padded to one example
+    for i in range(2):  # 0.1 s: padded to one example
         write_tone(f"beta/b{i}.flac", seconds=0.1, sr=22050, freq=900 + 50 * i, root=root)
-    # 1 s stereo 44.1 kHz in a subfolder: split into 4 examples (3 full + a padded tail)
+    # 1 s stereo 44.1 kHz in a subfolder: split into 4 examples (3 + one ending at the end)
     write_tone("gamma/sub/g.ogg", seconds=1.0, sr=44100, freq=1500, channels=2, root=root)
     return root
 
@@ -55,12 +55,23 @@ def test_flow_builds_store_with_policies(data: Path, tmp_path: Path) -> None:
     assert srcs.count("gamma/sub/g.ogg") == 4 and srcs.count("beta/b0.flac") == 1
     offs = st.offsets()
     g = [o for o, p in zip(offs, srcs, strict=True) if p == "gamma/sub/g.ogg"]
-    assert g == [0, 2048, 4096, 6144]  # offsets in samples at 8 kHz
+    assert g == [0, 2048, 4096, 8000 - 1984]  # samples at 8 kHz; the last ends at the end
     mels, labels = st.load()
     assert mels.shape == (12, 32, 32) and np.isfinite(mels.astype(np.float32)).all()
-    # a padded example is silent (the dB floor) after its real audio ends
-    b0 = mels[srcs.index("beta/b0.flac")]
-    assert b0[:, -5:].max() <= -99.0 and b0[:, :5].max() > -60.0
+    # no example holds digital silence: the short clip is padded with its own noise floor
+    assert mels.astype(np.float32).max(axis=1).min() > -60.0
+    assert st.mel_config.pad_policy == "noise" and st.mel_config.tail_policy == "end"
+
+
+def test_legacy_policies_pad_with_zeros(data: Path, tmp_path: Path) -> None:
+    s = run(data, tmp_path / "s", mel={**MEL, "pad_policy": "zero-end", "tail_policy": "pad"})
+    st = MelStore.open(tmp_path / "s")
+    assert s["rows"] == 12
+    srcs = st.row_sources()
+    g = [o for o, p in zip(st.offsets(), srcs, strict=True) if p == "gamma/sub/g.ogg"]
+    assert g == [0, 2048, 4096, 6144]  # the zero-padded tail starts one hop later
+    b0 = st.read_rows([srcs.index("beta/b0.flac")])[0]
+    assert b0[:, -5:].max() <= -99.0 and b0[:, :5].max() > -60.0  # the dB floor after it ends
     info = st.info()
     assert info["rows"] == 12 and info["files"] == 6 and info["mel"]["n_mels"] == 32
 

@@ -1,0 +1,241 @@
+"""Quality on real recordings: every model variant under the same CPU budget, one run.
+
+    .venv/bin/python -m bench.bench_quality [--budget-s 300] [--data ../shared/data/esc10]
+
+ESC-10 (400 real 5 s clips, 10 classes) is precomputed twice at 16 kHz into 64x64 log-mels
+(1.02 s examples): once with the policies stores had before (`tail_policy="pad"`: the
+remainder of a split clip zero-padded to a whole example) and once with today's defaults
+(`"end"`: the last example ends at the clip's end). The generator trains only on the files
+that `evaluate` does not hold out (`tasks.train.training_rows`, split by source file), so
+no file is both trained on and used as the held-out real reference.
+
+Each variant trains through the product's own code (`tasks.train.open_training_data`,
+`prepare_trainer`, `train_block`), one after another on one torch thread, until the first
+epoch boundary after `--budget-s` seconds of this process's CPU time (`TimeBudget` on
+`time.process_time`: other jobs on the machine cannot shrink a variant's share), then
+`tasks.evaluate.evaluate` scores its EMA generator against the held-out files of the
+"end" store. Variants: the `seed` preset as stores were made before, `small` likewise
+(today's default), `small` on the new examples (the data change alone), each conditioning
+change alone on top of that, and the combination of the changes that helped (chosen by the
+numbers of this run: `helped()`). Writes bench/results/quality.md and quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "quality.md"
+RESULT_JSON = ROOT / "bench" / "results" / "quality.json"
+DATA = ROOT.parent / "shared" / "data" / "esc10"
+MEL = {"sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": 64, "frames": 64}
+LEGACY = {"tail_policy": "pad", "pad_policy": "zero-end"}
+BATCH, SEED, N_PER_CLASS = 32, 0, 32
+
+# name -> (preset switches on top of `small`, store); None switches = a built-in preset
+CHANGES: dict[str, dict[str, Any]] = {
+    "projection critic": {"critic_cond": "projection"},
+    "conditional BatchNorm": {"gen_norm": "cbn"},
+    "AC-GAN head (unconditional critic)": {"critic_cond": "none", "ac_weight": 1.0},
+    "upsample + conv": {"upsample": "resize"},
+    "minibatch stddev": {"mbstd": True},
+}
+
+
+def precompute_store(data: Path, store: Path, policies: dict[str, str]) -> dict[str, Any]:
+    from flows.precompute import precompute
+
+    return precompute(str(data), str(store), mel={**MEL, **policies}, device="cpu")
+
+
+def train_variant(preset: str, store: Path, work: Path, budget_s: float) -> dict[str, Any]:
+    """Train `preset` on `store` for `budget_s` CPU seconds; the exported bundle's path."""
+    from gan.trainer import TimeBudget, TrainConfig
+    from tasks.train import (
+        checkpoint_meta,
+        export_bundle,
+        open_training_data,
+        prepare_trainer,
+        train_block,
+    )
+
+    cfg = TrainConfig(preset=preset, epochs=1_000_000, batch_size=BATCH, seed=SEED,
+                      device="cpu", checkpoint_every=1_000_000, sample_every=1_000_000)
+    data = open_training_data(str(store), BATCH, SEED)
+    trainer, _ = prepare_trainer(cfg, data, str(work / "ck"), False, False)
+    w0, c0 = time.perf_counter(), time.process_time()
+    budget = TimeBudget(budget_s, clock=time.process_time)
+    block = train_block(trainer, data, cfg.epochs, str(work / "ck"),
+                        checkpoint_meta(data, cfg), budget=budget)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    bundle = export_bundle(trainer, data, str(work / "bundle"))
+    return {"bundle": bundle, "epochs": block["epoch"], "g_steps": block["step"],
+            "critic_steps": trainer.critic_step, "train_rows": data.rows,
+            "held_out_rows": data.info.get("held_out_rows"), "wall_s": wall, "cpu_s": cpu}
+
+
+def evaluate_variant(bundle_dir: str, store: Path, ceilings: bool) -> dict[str, float]:
+    from storage.model_bundle import load_bundle_dir
+    from tasks.evaluate import evaluate
+
+    return evaluate(load_bundle_dir(bundle_dir), store, n_per_class=N_PER_CLASS,
+                    ceilings=ceilings)
+
+
+def helped(base: dict[str, float], other: dict[str, float]) -> bool:
+    """A change helped when it raised generated accuracy by >= 0.03 without raising the
+    Fréchet distance by more than 10%, or cut the distance by >= 10% without losing more
+    than 0.03 of accuracy."""
+    da = other["gen_accuracy"] - base["gen_accuracy"]
+    fd = other["frechet_distance"] / max(base["frechet_distance"], 1e-9)
+    return (da >= 0.03 and fd <= 1.10) or (fd <= 0.90 and da >= -0.03)
+
+
+def combine(names: list[str]) -> dict[str, Any]:
+    """The switches of several changes together (AC with the projection critic when both)."""
+    out: dict[str, Any] = {}
+    for n in names:
+        out.update(CHANGES[n])
+    if "projection critic" in names:
+        out["critic_cond"] = "projection"
+    return out
+
+
+def run_one(label: str, preset: str, store: Path, ref_store: Path, work: Path,
+            budget_s: float, ceilings: bool) -> dict[str, Any]:
+    print(f"== {label} (preset {preset}, store {store.name})", flush=True)
+    trained = train_variant(preset, store, work / label.replace(" ", "_"), budget_s)
+    t0 = time.perf_counter()
+    metrics = evaluate_variant(trained["bundle"], ref_store, ceilings)
+    row = {"label": label, "preset": preset, "store": store.name, **trained,
+           "eval_s": time.perf_counter() - t0, "metrics": metrics}
+    m = metrics
+    print(f"   acc {m['gen_accuracy']:.3f} FD {m['frechet_distance']:.2f} "
+          f"NDB/K {m['ndb_k']:.2f} IS {m['inception_score']:.2f} | {trained['g_steps']} G "
+          f"steps, {trained['epochs']} epochs, {trained['cpu_s']:.0f} CPU s, "
+          f"{trained['wall_s']:.0f} wall s", flush=True)
+    return row
+
+
+def fmt(x: float, spec: str = ".3f") -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def report(rows: list[dict[str, Any]], real: dict[str, float], chosen: list[str],
+           args: argparse.Namespace, classes: list[str], started: float) -> str:
+    real_acc, real_fd = real["real_accuracy"], real["real_frechet_distance"]
+    lines = [
+        "# Quality on real recordings (ESC-10)",
+        "",
+        f"Command: `.venv/bin/python -m bench.bench_quality --budget-s {args.budget_s:g}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, 1 torch thread, device "
+        f"cpu; torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} at the end; "
+        f"whole run {(time.perf_counter() - started) / 60:.0f} min.",
+        f"Data: ESC-10 at 16 kHz, 64x64 log-mels (1.02 s examples), {len(classes)} classes; "
+        f"the generator trains on {rows[-1]['train_rows']} rows of the files evaluation does "
+        f"not hold out ({rows[-1]['held_out_rows']} held-out rows, split by source file). "
+        f"Every variant: batch {BATCH}, seed {SEED}, GP 10, n_critic 5, Adam 1e-4 (0.5, 0.9), "
+        f"EMA 0.999, trained to the first epoch boundary after {args.budget_s:g} s of process "
+        f"CPU time; {N_PER_CLASS} generated examples per class scored by the store's own "
+        f"classifier (`audio-wgan evaluate`).",
+        "",
+        f"Real ceiling (held-out real rows, same classifier): accuracy {real_acc:.3f}, "
+        f"Fréchet distance real-vs-real {real_fd:.2f}, IS {real['real_inception_score']:.2f}, "
+        f"NDB/K {real['real_ndb_k']:.2f}.",
+        "",
+        "| variant | preset | examples | gen accuracy | gen / real accuracy | FD | "
+        "FD / real FD | IS | NDB/K | diversity | G steps | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['label']} | `{r['preset']}` | {r['store'].split('.')[0]} | "
+            f"{fmt(m['gen_accuracy'])} | {fmt(m['gen_accuracy'] / real_acc, '.2f')} | "
+            f"{fmt(m['frechet_distance'], '.2f')} | "
+            f"{fmt(m['frechet_distance'] / real_fd, '.1f')}x | "
+            f"{fmt(m['inception_score'], '.2f')} | {fmt(m['ndb_k'], '.2f')} | "
+            f"{fmt(m['diversity'], '.2f')} | {r['g_steps']} | {r['cpu_s']:.0f} |")
+    lines += ["", "Per-class accuracy of generated examples:", "",
+              "| variant | " + " | ".join(classes) + " |",
+              "|---|" + "---|" * len(classes)]
+    from tasks.evaluate import metric_key
+
+    for r in rows:
+        m = r["metrics"]
+        lines.append(f"| {r['label']} | " + " | ".join(
+            fmt(m.get(f"gen_accuracy/{metric_key(c)}"), ".2f") for c in classes) + " |")
+    lines.append("| real ceiling | " + " | ".join(
+        fmt(real.get(f"real_accuracy/{metric_key(c)}"), ".2f") for c in classes) + " |")
+    lines += ["", f"Changes that helped over `small` on the new examples (`helped()`): "
+              f"{', '.join(chosen) if chosen else 'none'}; the last row combines them."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--budget-s", type=float, default=300.0,
+                    help="process CPU seconds of training per variant")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from gan.presets import PRESETS, register_preset
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        legacy, new = work / "legacy.zarr", work / "end.zarr"
+        for store, policies in ((legacy, LEGACY), (new, {})):
+            if not store.exists():
+                s = precompute_store(args.data, store, policies)
+                print(f"{store.name}: {s['rows']} rows from {s['files']} files", flush=True)
+        base = PRESETS["small"]
+        rows = [run_one("seed preset, examples as before", "seed", legacy, new, work,
+                        args.budget_s, ceilings=True)]
+        real = {k: v for k, v in rows[0]["metrics"].items() if k.startswith("real_")}
+        rows.append(run_one("small (today's default), examples as before", "small", legacy,
+                            new, work, args.budget_s, ceilings=False))
+        ref = run_one("small, examples ending at the clip's end", "small", new, new, work,
+                      args.budget_s, ceilings=False)
+        rows.append(ref)
+        chosen = []
+        for i, (name, switches) in enumerate(CHANGES.items()):
+            preset = register_preset(base.variant(f"bench-{i}", **switches)).name
+            row = run_one(f"+ {name}", preset, new, new, work, args.budget_s, ceilings=False)
+            rows.append(row)
+            if helped(ref["metrics"], row["metrics"]):
+                chosen.append(name)
+        if len(chosen) >= 2:
+            switches = combine(chosen)
+            preset = register_preset(base.variant("bench-combined", **switches)).name
+            rows.append(run_one("+ " + " + ".join(chosen), preset, new, new, work,
+                                args.budget_s, ceilings=False))
+        from storage.mel_store import MelStore
+
+        classes = list(MelStore.open(new).classes)
+        text = report(rows, real, chosen, args, classes, started)
+    RESULT.write_text(text)
+    RESULT_JSON.write_text(json.dumps({"rows": [{k: v for k, v in r.items() if k != "bundle"}
+                                                for r in rows], "real": real,
+                                       "chosen": chosen}, indent=1, default=str))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,8 +30,7 @@ from pydantic import (
 from torch.overrides import TorchFunctionMode
 
 from gan.limits import EPOCH, check_mel_size
-from gan.models import Generator
-from gan.presets import PRESETS, check_shape, get_preset
+from gan.models import PRESETS, Generator, check_shape, get_preset
 from gan.spectral import LEGACY_POLICIES, MelConfig
 
 FORMAT_VERSION = 1

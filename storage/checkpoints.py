@@ -11,7 +11,13 @@ fsynced, then renamed into place, so a crash (even SIGKILL or power loss) leaves
 the old set or the new file, never a torn one; the hash sidecar follows the same way, and
 a checkpoint without a matching sidecar is treated as damaged. Loading verifies the hash
 and uses `torch.load(weights_only=True)`, so a checkpoint cannot run code. When the newest
-checkpoint is damaged a warning is logged and the one before it is used.
+checkpoint is damaged a warning is logged and the one before it is used. A checkpoint
+that verifies but lacks what a trainer needs (weights, counters: `check_contents`) counts
+as damaged too: a hash only vouches for the bytes, not for who wrote them.
+
+The `meta` of a training checkpoint also holds what a model bundle needs (`EXPORT_META`:
+class names, mel configuration, preset, normalisation statistics), so
+`export_bundle_from_checkpoint` makes a bundle from the checkpoint file alone.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from storage.atomic_files import TMP_PREFIX, atomic_write, fsync_dir, remove_temps
@@ -33,6 +40,14 @@ log = logging.getLogger("audio_wgan")
 LATEST_NAME = "wgan_audio.pth.tar"
 _NAME_RE = re.compile(r"^epoch_(\d{5,})\.pt$")
 _CHUNK = 1 << 20
+
+
+# what every trainer checkpoint holds, whether it is resumed or warm-started from
+WEIGHT_GROUPS = ("generator", "critic", "ema_generator")
+COUNTERS = ("epoch", "step")
+# meta keys a bundle is exported from: class names, MelConfig.to_dict(), preset name, and
+# the store's per-mel-band mean and std (lists of floats) the generator was trained against
+EXPORT_META = ("classes", "mel", "preset", "norm_mean", "norm_std")
 
 
 class CheckpointError(RuntimeError):
@@ -164,7 +179,30 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not isinstance(state, dict):
         raise CheckpointError(f"{p.name}: not a checkpoint (top level is not a dict)")
     state.setdefault("meta", {})
+    check_contents(state, p.name)
     return state
+
+
+def check_contents(state: dict[str, Any], name: str = "checkpoint") -> None:
+    """CheckpointError unless `state` holds finite weights for every network and counters.
+
+    What the trainer's own load checks beyond this (optimiser and RNG states, shapes)
+    fails there with its own one-line reason.
+    """
+    for key in WEIGHT_GROUPS:
+        group = state.get(key)
+        if not (isinstance(group, dict) and group and all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in group.items())):
+            raise CheckpointError(f"{name}: no {key} weights (not a trainer checkpoint)")
+    for key in COUNTERS:
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CheckpointError(f"{name}: {key} is missing or not a count")
+    if not isinstance(state["meta"], dict):
+        raise CheckpointError(f"{name}: meta is not a mapping")
+    bad = _non_finite({k: state[k] for k in WEIGHT_GROUPS})
+    if bad:
+        raise CheckpointError(f"{name}: non-finite values in {bad}")
 
 
 def load_latest(ckpt_dir: str | Path, map_location: Any = "cpu"
@@ -204,3 +242,34 @@ def check_fingerprint(state_meta: dict[str, Any], fingerprint: str, warm_start: 
             f"store changed since the checkpoint (fingerprint {str(saved)[:12]} -> "
             f"{str(fingerprint)[:12]}); use warm start to continue from its weights, "
             f"or a new checkpoint directory")
+
+
+def export_bundle_from_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
+    """The checkpoint's EMA generator as a model bundle, from the checkpoint file alone.
+
+    Needs the EXPORT_META keys in the checkpoint's meta (checkpoints written before they
+    were recorded lack the statistics: CheckpointError says so). The bundle passes the
+    checks `load_bundle_dir` makes before anything is written.
+    """
+    from gan.spectral import MelConfig
+    from storage.model_bundle import BundleError, save_bundle
+
+    p = Path(path)
+    state = load_checkpoint(p)
+    meta = state["meta"]
+    missing = [k for k in EXPORT_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{p.name} records no {', '.join(missing)}; it was written "
+                              f"before checkpoints held them: export from the store instead")
+    info = {"epoch": state["epoch"], "step": state["step"], "checkpoint": p.name,
+            **{k: meta[k] for k in ("fingerprint", "store") if k in meta}}
+    if isinstance(state.get("config"), dict):
+        info["train_config"] = state["config"]
+    try:
+        mel = MelConfig.from_dict(meta["mel"])
+        return save_bundle(out_dir, state["ema_generator"], str(meta["preset"]),
+                           list(meta["classes"]), mel, np.asarray(meta["norm_mean"]),
+                           np.asarray(meta["norm_std"]), info)
+    except (BundleError, ValueError, TypeError, AttributeError) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"{p.name}: cannot be exported: {text[:300]}") from None

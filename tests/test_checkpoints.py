@@ -166,3 +166,115 @@ def test_fingerprint_refusal() -> None:
     check_fingerprint({"fingerprint": "abc123"}, "def456", warm_start=True)
     with pytest.raises(CheckpointError, match="no store fingerprint"):
         check_fingerprint({}, "def456", warm_start=False)
+
+
+def _with_valid_hash(path: Path, payload: object) -> Path:
+    """A file the hash sidecar vouches for, whatever it holds (what a careless tool or a
+    hostile hand can write: the hash only proves the bytes were not changed since)."""
+    import hashlib
+
+    torch.save(payload, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    return path
+
+
+@pytest.mark.parametrize("payload", [
+    {}, {"meta": {}}, {"generator": {}, "critic": {}, "ema_generator": {}, "epoch": 2,
+                       "step": 1},
+    "drop-critic", "negative-epoch", "nan-ema", "meta-not-dict",
+])
+def test_verified_but_incomplete_checkpoint_falls_back(tmp_path: Path, trained: WGANTrainer,
+                                                       payload: object) -> None:
+    state = trained.state_dict()
+    save_checkpoint(tmp_path, state, 1, meta={**META, "n": 1})
+    if payload == "drop-critic":
+        payload = {k: v for k, v in state.items() if k != "critic"}
+    elif payload == "negative-epoch":
+        payload = {**state, "epoch": -3}
+    elif payload == "nan-ema":
+        ema = dict(state["ema_generator"])
+        key = next(k for k, v in ema.items() if v.is_floating_point())
+        ema[key] = torch.full_like(ema[key], float("nan"))
+        payload = {**state, "ema_generator": ema}
+    elif payload == "meta-not-dict":
+        payload = {**state, "meta": [1, 2]}
+    bad = _with_valid_hash(tmp_path / "epoch_00002.pt", payload)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(bad)
+    assert "\n" not in str(err.value) and str(err.value).startswith("epoch_00002.pt: ")
+    loaded, path = load_latest(tmp_path)
+    assert path.name == "epoch_00001.pt" and loaded["meta"]["n"] == 1
+
+
+def test_warm_start_from_a_verified_empty_checkpoint_falls_back(tmp_path: Path,
+                                                                trained: WGANTrainer) -> None:
+    """`{}` with a valid hash used to end a warm start in KeyError: 'generator'."""
+    import numpy as np
+
+    from gan.spectral import MelConfig
+    from tasks.train import TrainingData, prepare_trainer
+
+    save_checkpoint(tmp_path, trained.state_dict(), 1, meta=META)
+    _with_valid_hash(tmp_path / "epoch_00002.pt", {})
+    data = TrainingData(data=ResidentData(torch.zeros(4, 1, 16, 16), torch.arange(4) % 2),
+                        classes=["a", "b"], mel=MelConfig(n_mels=16, frames=16),
+                        mean=np.zeros(16, np.float32), std=np.ones(16, np.float32),
+                        fingerprint="changed", store="/tmp/s", rows=4, resident=True)
+    cfg = TrainConfig(preset="tiny", batch_size=8, seed=1, device="cpu")
+    trainer, start = prepare_trainer(cfg, data, str(tmp_path), resume=False, warm_start=True)
+    assert start.mode == "warm-start" and start.checkpoint.endswith("epoch_00001.pt")
+    assert trainer.epoch == 1
+
+
+def test_bundle_exported_from_the_checkpoint_alone(tmp_path: Path,
+                                                   trained: WGANTrainer) -> None:
+    """Issue 13 item 6: the checkpoint holds the statistics, classes and mel config, so a
+    bundle needs nothing else (no store)."""
+    import numpy as np
+
+    from gan.sampling import make_noise
+    from gan.spectral import MelConfig
+    from storage.checkpoints import EXPORT_META, export_bundle_from_checkpoint
+    from storage.model_bundle import load_bundle_dir
+
+    mel = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, frames=16)
+    mean, std = np.linspace(-60, -20, 16), np.full(16, 7.5)
+    meta = {**META, "classes": ["a", "b"], "mel": mel.to_dict(), "preset": "tiny",
+            "norm_mean": mean.tolist(), "norm_std": std.tolist()}
+    assert set(EXPORT_META) <= set(meta)
+    ckpt = save_checkpoint(tmp_path / "ck", trained.state_dict(), 1, meta=meta)
+    out = export_bundle_from_checkpoint(ckpt, tmp_path / "bundle")
+    b = load_bundle_dir(out)
+    assert b.class_names == ["a", "b"] and b.mel == mel and b.preset == "tiny"
+    assert b.meta["epoch"] == 1 and b.meta["fingerprint"] == META["fingerprint"]
+    np.testing.assert_allclose(b.normaliser.mean.ravel().numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(b.normaliser.std.ravel().numpy(), std, rtol=1e-6)
+    for k, v in trained.ema_generator.state_dict().items():
+        assert torch.equal(b.generator.state_dict()[k], v), k
+    noise, labels = make_noise(2, b.noise_dim, 0), torch.tensor([0, 1])
+    with torch.no_grad():
+        trained.ema_generator.eval()
+        assert torch.equal(b.generator(noise, labels), trained.ema_generator(noise, labels))
+    # a checkpoint written before the statistics were recorded says what it lacks
+    old = save_checkpoint(tmp_path / "old", trained.state_dict(), 1, meta=META)
+    with pytest.raises(CheckpointError, match="records no classes, mel, preset, norm_mean"):
+        export_bundle_from_checkpoint(old, tmp_path / "b2")
+    assert not (tmp_path / "b2").exists()
+
+
+def test_training_checkpoint_meta_holds_what_export_needs() -> None:
+    """The payload tasks/train.py builds carries every EXPORT_META key."""
+    import numpy as np
+
+    from gan.spectral import MelConfig
+    from storage.checkpoints import EXPORT_META
+    from tasks.train import TrainingData, checkpoint_meta
+
+    data = TrainingData(data=ResidentData(torch.zeros(2, 1, 16, 16), torch.arange(2)),
+                        classes=["a", "b"], mel=MelConfig(n_mels=16, frames=16),
+                        mean=np.zeros(16, np.float32), std=np.ones(16, np.float32),
+                        fingerprint="f", store="/tmp/s", rows=2, resident=True)
+    meta = checkpoint_meta(data, TrainConfig(preset="tiny", device="cpu"))
+    assert set(EXPORT_META) <= set(meta)
+    assert meta["norm_std"] == [1.0] * 16

@@ -61,7 +61,8 @@ def _truncate(d: Path, keep: float) -> None:
 
 
 TAMPERING: dict[str, tuple[Callable[[Path], object], str]] = {
-    "huge-mels": (lambda d: _doc(d, _huge_mels), "model.json: mel n_fft 262144 is above the ceiling"),
+    "huge-mels": (lambda d: _doc(d, _huge_mels),
+                  "model.json: mel n_fft 262144 is above the ceiling"),
     "malformed-json": (lambda d: (d / META_FILE).write_text('{"preset": "tiny", '),
                        "model.json: Invalid JSON"),
     "json-not-object": (lambda d: (d / META_FILE).write_text("[1, 2]"), "model.json: "),

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from audio_wgan.params import output_dir
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -38,10 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="hop between split examples (default: one example, no overlap)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="threads or worker processes (default: one per core)")
-    p.add_argument("--pool", choices=("threads", "processes"), default="threads",
-                   help="run files on threads (default; no start-up cost) or on worker "
+    p.add_argument("--pool", choices=("threads", "processes", "dask"), default="threads",
+                   help="run files on threads (default; no start-up cost), on worker "
                    "processes (free of the GIL; each takes ~1.5 s to start, so for large "
-                   "sets of short clips)")
+                   "sets of short clips) or on a Dask cluster (a local one of --workers "
+                   "processes, or --dask-address; needs audio-wgan[scale])")
+    p.add_argument("--dask-address", metavar="URL",
+                   help="with --pool dask: the scheduler of an existing Dask cluster, e.g. "
+                   "tcp://host:8786 (its workers must see DATA_DIR at the same path)")
     p.add_argument("--device", default="auto", metavar="DEV",
                    help="where the mel runs: auto (a CUDA GPU when present), cpu, cuda, "
                    "cuda:N (default auto)")
@@ -74,7 +80,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be at least 1")
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
+    if args.dask_address is not None and args.pool != "dask":
+        raise UserError("--dask-address needs --pool dask")
+    if args.dask_address is not None and args.workers is not None:
+        raise UserError("--workers does not apply with --dask-address: the existing "
+                        "cluster runs on its own workers")
     mel = {k: getattr(args, k) for k in MEL_ARGS if getattr(args, k) is not None}
+    if not os.path.lexists(args.store):  # an existing store keeps (and checks) its own
+        check_mel(mel)
+    output_dir(args.store, "--store")
     tty = sys.stderr.isatty()
 
     def show(p: dict[str, Any]) -> None:
@@ -88,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
             summary = precompute(args.data_dir, args.store, mel or None,
                                  batch_size=args.batch_size, workers=args.workers,
                                  device=args.device, pool=args.pool,
-                                 compact=COMPACT[args.compact])
+                                 compact=COMPACT[args.compact],
+                                 dask_address=args.dask_address)
     except (StoreError, PrecomputeError) as exc:
         if tty:
             print(file=sys.stderr)
@@ -100,6 +115,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(safe_text(format_summary(summary)))
     return 0
+
+
+def check_mel(mel: dict[str, Any]) -> None:
+    """The mel options as a whole, before the flow starts or the store is touched: what
+    MelConfig accepts and what the models train on (n_mels, frames), so that a store
+    precompute accepts is one `train` accepts too. For a new store: the defaults fill the
+    rest; a store that exists keeps its own configuration (the flow refuses another)."""
+    from audio_wgan.cli import UserError
+    from gan.limits import check_mel_size
+    from gan.models import check_shape
+    from gan.spectral import MelConfig
+
+    try:
+        cfg = MelConfig(**mel)
+        check_mel_size(cfg)
+        check_shape(cfg.n_mels, cfg.frames)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"mel configuration refused: {' '.join(str(exc).split())}") from None
 
 
 @contextlib.contextmanager

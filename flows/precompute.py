@@ -29,25 +29,30 @@ from tasks.precompute import (
 def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
                batch_size: int = DEFAULT_BATCH_FILES, workers: int | None = None,
                device: str = "auto", pool: str = "threads",
-               compact: bool | None = None) -> dict[str, Any]:
+               compact: bool | None = None, dask_address: str | None = None
+               ) -> dict[str, Any]:
     """Scan DATA_DIR/<class>/**, compute log-mels of new/changed clips, update STORE.
 
     `mel` overrides MelConfig fields (a new store starts from the defaults; an existing
     store keeps its own and refuses changes). `workers` threads or, with `pool="processes"`,
     worker processes (default: all cores; processes pay off on large sets of short clips);
-    the mel runs on `device` ("auto": the GPU when CUDA has one, else the CPU).
+    `pool="dask"`: a Dask LocalCluster of `workers` processes, or the existing cluster whose
+    scheduler is `dask_address` (tcp://host:8786; DATA_DIR at the same path on its
+    workers); rows come back to this flow's one store writer. The mel runs on `device`
+    ("auto": the GPU when CUDA has one, else the CPU).
     Rows of replaced or deleted files are dropped by compaction when `compact` is True, or,
     when None, once they are a quarter of the store and at least one chunk.
     Returns the run summary.
     """
     started = time.time()
-    check_params(batch_size, workers, device, pool)
+    check_params(batch_size, workers, device, pool, dask_address)
     scan = scan_sources(str(data_dir), str(store))
     writer = open_store(str(store), mel)
     # quote(): file lists can be long; Prefect need not walk them looking for futures
     try:
         result = compute_and_append(writer, quote(scan), batch_size=batch_size,
-                                    workers=workers, device=device, pool=pool)
+                                    workers=workers, device=device, pool=pool,
+                                    dask_address=dask_address)
         summary = finalize_store(writer, quote(result), str(data_dir), started,
                                  compact=compact)
     finally:

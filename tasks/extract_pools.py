@@ -1,4 +1,5 @@
-"""Where precompute's per-file work runs: a thread pool (default) or worker processes.
+"""Where precompute's per-file work runs: a thread pool (default), worker processes or a
+Dask cluster.
 
 Threads share one FeatureExtractor and start at once, but their per-file Python work is
 serialised by the GIL: short clips on many cores gain little from more threads.
@@ -8,6 +9,14 @@ they pay off on large data sets of short clips (see "Threads vs worker processes
 BENCHMARKS.md). Processes take files in chunks and send the rows back by pickling; a
 worker that dies breaks the pool, which `restart()` replaces (the precompute task then
 re-runs the files in flight one by one to find the one that killed it).
+
+A Dask cluster (`distributed`, the `scale` extra) is either a LocalCluster of worker
+processes this run starts or an existing one (`address`); `Client.get_executor()` gives
+ordinary futures, so the precompute loop consumes them as it does the pools'. Its
+scheduler re-runs the work of a worker that died on another one; a job whose workers died
+`allowed-failures` + 1 times comes back as KilledWorker, and only that job is lost (the
+cluster goes on). The workers read the source files themselves, at the paths the scan
+found: DATA_DIR must be at the same path on every worker.
 
 No Prefect here: a spawned worker imports only this module and what it needs.
 """
@@ -21,32 +30,59 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gan.spectral import MelConfig
 from storage.fault_points import fault_file, fault_point
-from tasks.audio_features import Extracted, FeatureExtractor
+from tasks.audio_features import Extracted, FeatureExtractor, one_line
+from tasks.source_scan import PrecomputeError
 
-POOLS = ("threads", "processes")
+if TYPE_CHECKING:
+    from distributed import Client, LocalCluster
+
+POOLS = ("threads", "processes", "dask")
 PROCESS_CHUNK_FILES = 16  # files per job sent to a worker process (amortises the IPC)
+# a LocalCluster's scheduler re-runs a job whose worker died this many times before it
+# gives up on it (KilledWorker); an existing cluster keeps its own setting (default 3)
+DASK_ALLOWED_FAILURES = 1
+DASK_CONNECT_TIMEOUT_S = 10
 
 # one source file to extract: FeatureExtractor.extract's arguments
 FileJob = tuple[str, str, str, int, int, str | None]
+
+
+class JobLost(Exception):
+    """A job's worker died: with `whole_pool`, every job in flight is lost with it (a
+    process pool breaks), else only this one (a Dask cluster goes on)."""
+
+    def __init__(self, whole_pool: bool) -> None:
+        super().__init__("worker died")
+        self.whole_pool = whole_pool
+
+
+class SourceMissingOnWorker(PrecomputeError):
+    """DATA_DIR is not there on a Dask worker (a file merely deleted is "vanished")."""
 
 
 class ThreadRunner:
     """Jobs of one file each on a thread pool sharing one extractor."""
 
     files_per_job = 1
+    noun = "worker threads"
 
     def __init__(self, cfg: MelConfig, device: torch.device, workers: int) -> None:
+        self.workers = workers
         self._extractor = FeatureExtractor(cfg, device)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="precompute")
 
     def submit(self, jobs: Sequence[FileJob]) -> Future[list[Extracted]]:
         return self._pool.submit(_extract_all, self._extractor, list(jobs))
+
+    def result(self, future: Future[list[Extracted]]) -> list[Extracted]:
+        return future.result()
 
     def restart(self) -> None:
         raise AssertionError("a thread pool does not break")
@@ -59,18 +95,25 @@ class ProcessRunner:
     """Jobs of PROCESS_CHUNK_FILES files on spawned worker processes, one extractor each."""
 
     files_per_job = PROCESS_CHUNK_FILES
+    noun = "worker processes"
 
     def __init__(self, cfg: MelConfig, device: torch.device, workers: int) -> None:
         self._args = (cfg.to_dict(), str(device), os.getpid())
-        self._workers = workers
+        self.workers = workers
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self._workers, mp_context=mp.get_context("spawn"),
+        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                    initializer=_init_worker, initargs=self._args)
 
     def submit(self, jobs: Sequence[FileJob]) -> Future[list[Extracted]]:
         return self._pool.submit(_extract_in_worker, list(jobs))
+
+    def result(self, future: Future[list[Extracted]]) -> list[Extracted]:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise JobLost(whole_pool=True) from None
 
     def restart(self) -> None:
         """A fresh pool after a worker died (which breaks the whole pool)."""
@@ -81,12 +124,80 @@ class ProcessRunner:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+class DaskRunner:
+    """Jobs of PROCESS_CHUNK_FILES files on a Dask cluster: a LocalCluster of `workers`
+    single-threaded worker processes on this machine, or the cluster at `address`
+    (its own workers; `workers` is then unused)."""
+
+    files_per_job = PROCESS_CHUNK_FILES
+    noun = "Dask workers"
+
+    def __init__(self, cfg: MelConfig, device: torch.device, workers: int,
+                 address: str | None = None) -> None:
+        import dask
+        from distributed import Client, LocalCluster
+
+        self._cluster: LocalCluster | None = None
+        self._client: Client
+        if address is None:
+            with dask.config.set({"distributed.scheduler.allowed-failures":
+                                  DASK_ALLOWED_FAILURES}):
+                self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                             processes=True, host="127.0.0.1",
+                                             dashboard_address=None)
+            self._client = Client(self._cluster)
+        else:
+            try:
+                self._client = Client(address, timeout=DASK_CONNECT_TIMEOUT_S)
+            except OSError as exc:  # TimeoutError included
+                raise PrecomputeError(f"cannot connect to the Dask scheduler at {address}: "
+                                      f"{one_line(exc)}") from None
+        self.workers = sum(self._client.nthreads().values()) or workers
+        # pure=False: a job sent again (after KilledWorker) is new work, not a cached key
+        self._executor = self._client.get_executor(pure=False)
+        self._args = (cfg.to_dict(), str(device))
+
+    def submit(self, jobs: Sequence[FileJob]) -> Future[list[Extracted]]:
+        return self._executor.submit(_extract_on_dask, *self._args, list(jobs))
+
+    def result(self, future: Future[list[Extracted]]) -> list[Extracted]:
+        from distributed.scheduler import KilledWorker
+
+        try:
+            return future.result()
+        except KilledWorker:
+            raise JobLost(whole_pool=False) from None
+
+    def restart(self) -> None:
+        raise AssertionError("a Dask cluster loses single jobs, not the pool")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def dask_available() -> bool:
+    """`distributed` is in the optional `scale` extra."""
+    import importlib.util
+
+    return importlib.util.find_spec("distributed") is not None
+
+
+Runner = ThreadRunner | ProcessRunner | DaskRunner
+
+
 @contextlib.contextmanager
-def extract_runner(pool: str, cfg: MelConfig, device: torch.device, workers: int
-                   ) -> Iterator[ThreadRunner | ProcessRunner]:
+def extract_runner(pool: str, cfg: MelConfig, device: torch.device, workers: int,
+                   dask_address: str | None = None) -> Iterator[Runner]:
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
-    runner = (ThreadRunner if pool == "threads" else ProcessRunner)(cfg, device, workers)
+    runner: Runner
+    if pool == "dask":
+        runner = DaskRunner(cfg, device, workers, dask_address)
+    else:
+        runner = (ThreadRunner if pool == "threads" else ProcessRunner)(cfg, device, workers)
     try:
         yield runner
     finally:
@@ -121,3 +232,60 @@ def _extract_in_worker(jobs: list[FileJob]) -> list[Extracted]:
     for job in jobs:
         fault_file(job[1])
     return _extract_all(_worker_extractor, jobs)
+
+
+# ------------------------------------------------------------- on a Dask worker
+_dask_extractors: dict[tuple[str, str], FeatureExtractor] = {}
+_dask_lock = threading.Lock()
+
+
+def _extract_on_dask(cfg: dict[str, Any], device: str, jobs: list[FileJob]) -> list[Extracted]:
+    """One job on a Dask worker (one extractor per worker process and mel config)."""
+    key = (repr(sorted(cfg.items())), device)
+    with _dask_lock:
+        extractor = _dask_extractors.get(key)
+        if extractor is None:
+            torch.set_num_threads(1)  # parallelism comes from the workers
+            extractor = _dask_extractors[key] = FeatureExtractor(MelConfig.from_dict(cfg),
+                                                                 device)
+    fault_point("worker_extract")
+    for job in jobs:
+        fault_file(job[1])
+    outs = _extract_all(extractor, jobs)
+    for job, out in zip(jobs, outs, strict=True):
+        if out.status == "vanished":
+            _require_data_dir(job)
+    return outs
+
+
+def _require_data_dir(job: FileJob) -> None:
+    """A file missing on a worker is deleted only if DATA_DIR itself is there."""
+    abs_path, rel = job[0], job[1]
+    root = abs_path[:-len(rel)] if abs_path.endswith(rel) else os.path.dirname(abs_path)
+    root = root.rstrip(os.sep) or os.sep
+    if not os.path.isdir(root):
+        from distributed import get_worker
+
+        raise SourceMissingOnWorker(
+            f"{root} does not exist on Dask worker {get_worker().address}: the workers "
+            "read the source files themselves, so DATA_DIR must be at the same path on "
+            "every worker (a shared file system)")
+
+
+def check_dask_address(address: str) -> None:
+    """A scheduler address that is well formed and answers, before any store is touched."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(address)
+        scheme, host, port = url.scheme, url.hostname, url.port
+    except ValueError:
+        scheme = host = port = None
+    if scheme not in ("tcp", "tls") or not host or not port:
+        raise PrecomputeError(f"dask_address must look like tcp://HOST:PORT, not {address!r}")
+    try:
+        socket.create_connection((host, port), timeout=DASK_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise PrecomputeError(f"cannot reach the Dask scheduler at {address}: "
+                              f"{one_line(exc.strerror or exc)}") from None

@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,15 @@ from gan.devices import resolve_device
 from storage.store_lock import StoreLock
 from storage.store_writer import MelStoreWriter, NewFile
 from tasks.audio_features import Extracted
-from tasks.extract_pools import POOLS, FileJob, extract_runner
+from tasks.extract_pools import (
+    POOLS,
+    FileJob,
+    JobLost,
+    SourceMissingOnWorker,
+    check_dask_address,
+    dask_available,
+    extract_runner,
+)
 from tasks.run_context import in_prefect_run
 from tasks.source_scan import (
     DataDirError,
@@ -65,7 +72,7 @@ IN_FLIGHT_BYTES = 64 << 20
 TAIL_BATCH_BYTES = 2 << 20
 MIN_IN_FLIGHT = 4  # per worker
 MAX_IN_FLIGHT = 512
-MAX_WORKER_DEATHS = 3  # in a row (pool="processes"): beyond that it is not one bad file
+MAX_WORKER_DEATHS = 3  # in a row (processes, Dask): beyond that it is not one bad file
 
 
 class NoUsableClipsError(PrecomputeError):
@@ -189,13 +196,15 @@ class ComputeResult:
 def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
                        batch_size: int = DEFAULT_BATCH_FILES,
                        workers: int | None = None, device: str = "cpu",
-                       pool: str = "threads") -> ComputeResult:
+                       pool: str = "threads", dask_address: str | None = None
+                       ) -> ComputeResult:
     """Diff the scan against the manifest (new, changed by size/mtime, unchanged, removed),
     then decode + resample + mel every file to do, appending and committing per batch
     (`batch_size` files or BATCH_BYTES of rows, whichever comes first). Files run on
-    `workers` threads or worker processes (`pool`, see tasks.extract_pools); the mel runs
-    on `device` ("auto": the GPU when CUDA has one)."""
-    check_params(batch_size, workers, device, pool)
+    `workers` threads or worker processes, or on a Dask cluster (`pool`, see
+    tasks.extract_pools; `dask_address`: an existing one); the mel runs on `device`
+    ("auto": the GPU when CUDA has one)."""
+    check_params(batch_size, workers, device, pool, dask_address)
     workers = int(workers or default_workers())
     dev = _device(device)
     t0 = time.perf_counter()
@@ -213,7 +222,9 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     batch: list[Extracted] = []
     batch_bytes = done_bytes = done_files = in_flight = 0
     total = len(plan.todo)
-    with torch_threads(1), extract_runner(pool, writer.mel_config, dev, workers) as runner:
+    with torch_threads(1), extract_runner(pool, writer.mel_config, dev, workers,
+                                          dask_address) as runner:
+        res.workers = workers = runner.workers  # an existing Dask cluster has its own
 
         def cap_now() -> int:
             # files in flight: enough to keep every worker busy while a batch is written,
@@ -244,27 +255,37 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
             future, job, alone = jobs.popleft()
             in_flight -= len(job)
             try:
-                outs = future.result()
+                outs = runner.result(future)
                 deaths = 0
-            except BrokenProcessPool:
-                # the whole pool is gone with the worker: every job in flight failed
+            except SourceMissingOnWorker:
+                writer.commit()  # the rows appended so far are whole: keep them
+                raise
+            except JobLost as loss:
                 deaths += 1
                 if deaths > MAX_WORKER_DEATHS:
                     writer.commit()  # the rows appended so far are whole: keep them
                     raise PrecomputeError(
-                        f"worker processes keep dying (killed or out of memory?) after "
+                        f"{runner.noun} keep dying (killed or out of memory?) after "
                         f"{res.processed} files, which are kept; re-run to go on, or use "
                         f"--pool threads") from None
-                lost = [] if alone else job
-                for _, other, _ in jobs:
-                    lost += other
-                jobs.clear()
-                suspects.extendleft(reversed(lost))
-                in_flight = 0  # lost files are counted again when resubmitted
-                runner.restart()
-                if not alone:
-                    refill()
+                if not loss.whole_pool and not alone:
+                    # only this job is lost (Dask): its files again, each alone, in place
+                    jobs.extendleft(reversed([(runner.submit([j]), [j], True) for j in job]))
+                    in_flight += len(job)
                     continue
+                if loss.whole_pool:
+                    # the pool is gone with the worker (processes): every job in flight
+                    # failed; they are re-run one at a time, so that a death names its file
+                    lost = [] if alone else job
+                    for _, other, _ in jobs:
+                        lost += other
+                    jobs.clear()
+                    suspects.extendleft(reversed(lost))
+                    in_flight = 0  # lost files are counted again when resubmitted
+                    runner.restart()
+                    if not alone:
+                        refill()
+                        continue
                 outs = [_worker_died(job[0])]
             for i, out in enumerate(outs):
                 nbytes = out.mels.nbytes if out.mels is not None else 0
@@ -345,7 +366,7 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
     rejected = sorted(scan.unreadable + result.rejected, key=lambda r: r["path"])
     kept_classes = {p.split("/", 1)[0] for p in writer.manifest.files}
     empty = [c for c in scan.class_dirs if c not in kept_classes]
-    writer.set_reports(rejected, scan.ignored, empty)
+    writer.set_reports(rejected, scan.ignored, empty, scan.linked_classes)
     fin = writer.finalize(compact=compact)
     m = writer.manifest
     per_label = [0] * len(m.classes)
@@ -369,6 +390,7 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
         "rejected": rejected,
         "ignored": scan.ignored,
         "empty_classes": empty,
+        "linked_classes": scan.linked_classes,
         "classes": dict(zip(m.classes, per_label, strict=True)),
         "changed": fin["fingerprint"] != writer.fingerprint_at_open,
         "fingerprint": fin["fingerprint"],
@@ -417,7 +439,7 @@ def publish_summary(summary: dict[str, Any]) -> None:
 
 
 def check_params(batch_size: int, workers: int | None, device: str = "cpu",
-                 pool: str = "threads") -> None:
+                 pool: str = "threads", dask_address: str | None = None) -> None:
     """Refuse bad knobs before anything is touched (one-line PrecomputeError)."""
     if int(batch_size) < 1:
         raise PrecomputeError(f"batch_size must be at least 1, not {batch_size}")
@@ -425,6 +447,16 @@ def check_params(batch_size: int, workers: int | None, device: str = "cpu",
         raise PrecomputeError(f"workers must be at least 1, not {workers}")
     if pool not in POOLS:
         raise PrecomputeError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    if pool == "dask" and not dask_available():
+        raise PrecomputeError("pool 'dask' needs the scale extra: "
+                              "pip install 'audio-wgan[scale]'")
+    if dask_address is not None:
+        if pool != "dask":
+            raise PrecomputeError(f"dask_address needs pool 'dask', not {pool!r}")
+        if workers is not None:
+            raise PrecomputeError("workers does not apply to an existing Dask cluster "
+                                  "(dask_address): it runs on the cluster's own workers")
+        check_dask_address(dask_address)
     _device(device)
 
 

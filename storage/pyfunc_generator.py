@@ -5,45 +5,95 @@ pickled: the weights are the `bundle` artifact (state_dict + JSON, see
 `storage/model_bundle.py`). The project packages (`gan`, `storage`) must be importable where
 the model is loaded or served (`pip install -e .`), e.g.
 `mlflow models serve -m models:/audio-wgan@champion --env-manager local`.
+
+A request is checked as a whole before any clip is made: every row against `ClipRequest`
+(types strict, the CLI's ranges from `gan.limits`), then the request's total against the
+clip and sample budgets, so one request cannot ask for unbounded time or memory.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gan.limits import CLIPS, SEED
 from gan.spectral import MelInverter
+from storage.bundle_schema import MAX_CLASS_NAME, first_error
 from storage.model_bundle import GeneratorBundle, load_bundle_dir, synthesise
 
+MAX_REQUEST_CLIPS = CLIPS.hi  # clips of all rows together: the same cap as one row
+# audio samples plus returned mel values of all rows together (~128 MiB of float32): 512
+# clips of the seed's 2.97 s at 22.05 kHz fit, with their mels they do not
+MAX_REQUEST_SAMPLES = 1 << 25
 
-def _requests(model_input: Any) -> list[dict[str, Any]]:
+
+class ClipRequest(BaseModel):
+    """One row of a request. Strict: 1.5, "2" or true is not a count."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    class_name: str = Field(alias="class", min_length=1, max_length=MAX_CLASS_NAME)
+    count: int = Field(1, ge=CLIPS.lo, le=CLIPS.hi)
+    seed: int = Field(0, ge=SEED.lo, le=SEED.hi)
+    return_mel: bool = False
+
+
+def _records(model_input: Any) -> list[dict[str, Any]]:
     """DataFrame (what the scoring server passes), list of dicts or one dict -> rows."""
     if isinstance(model_input, pd.DataFrame):
         rows = model_input.to_dict(orient="records")
     elif isinstance(model_input, dict):
         rows = [model_input]
-    elif isinstance(model_input, list):
-        rows = [dict(r) for r in model_input]
+    elif isinstance(model_input, list) and all(isinstance(r, dict) for r in model_input):
+        rows = list(model_input)
     else:
         raise TypeError(f"expected a DataFrame or records with a 'class' column, "
                         f"got {type(model_input).__name__}")
-    return rows
+    if not rows:
+        raise ValueError("the request has no rows")
+    return [_plain(r) for r in rows]
 
 
-def _int(value: Any, default: int) -> int:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return default
-    return int(value)
+def _plain(row: dict[Any, Any]) -> dict[Any, Any]:
+    """A row as JSON would give it: numpy scalars as Python ones, missing cells (None, NaN:
+    a DataFrame's column with gaps) left out, whole floats (a column pandas made float by
+    its gaps) as ints. Anything else stays as it came, for the schema to judge."""
+    out: dict[Any, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            value = int(value)
+        out[key] = value
+    return out
 
 
-def _flag(value: Any) -> bool:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return False
-    return bool(value)
+def parse_request(model_input: Any, samples_per_clip: int, mel_values: int
+                  ) -> list[ClipRequest]:
+    """Every row validated, then the request's totals checked against the budgets."""
+    reqs = []
+    for i, row in enumerate(_records(model_input)):
+        try:
+            reqs.append(ClipRequest.model_validate(row))
+        except ValidationError as exc:
+            raise ValueError(f"row {i}: {first_error(exc)}") from None
+    clips = sum(r.count for r in reqs)
+    if clips > MAX_REQUEST_CLIPS:
+        raise ValueError(f"the request asks for {clips} clips; at most {MAX_REQUEST_CLIPS} "
+                         f"per request (split it)")
+    values = sum(r.count * (samples_per_clip + (mel_values if r.return_mel else 0))
+                 for r in reqs)
+    if values > MAX_REQUEST_SAMPLES:
+        raise ValueError(f"the request asks for {values} samples; at most "
+                         f"{MAX_REQUEST_SAMPLES} per request (fewer clips, or no mels)")
+    return reqs
 
 
 class AudioWGANModel(mlflow.pyfunc.PythonModel):
@@ -69,22 +119,24 @@ class AudioWGANModel(mlflow.pyfunc.PythonModel):
             raise MlflowException.invalid_parameter_value(str(exc)) from exc
 
     def _predict(self, model_input: Any) -> pd.DataFrame:
+        mel = self.bundle.mel
+        reqs = parse_request(model_input, mel.segment_samples, mel.n_mels * mel.frames)
+        for r in reqs:  # every row's class known before the first clip is made
+            if r.class_name not in self.bundle.class_names:
+                raise ValueError(f"unknown class {r.class_name[:200]!r}; the model knows "
+                                 f"{self.bundle.class_names}"[:500])
         out: list[dict[str, Any]] = []
-        for req in _requests(model_input):
-            name = req.get("class")
-            if not isinstance(name, str):
-                raise ValueError("each request needs a 'class' (string)")
-            count, seed = _int(req.get("count"), 1), _int(req.get("seed"), 0)
-            waves, db = synthesise(self.bundle, name, count, seed, self.inverter)
-            for i in range(count):
+        for r in reqs:
+            waves, db = synthesise(self.bundle, r.class_name, r.count, r.seed, self.inverter)
+            for i in range(r.count):
                 row: dict[str, Any] = {
-                    "class": name,
+                    "class": r.class_name,
                     "index": i,
-                    "seed": seed,
-                    "sample_rate": int(self.bundle.mel.sample_rate),
+                    "seed": r.seed,
+                    "sample_rate": int(mel.sample_rate),
                     "audio": waves[i].numpy().astype(np.float32).tolist(),
                 }
-                if _flag(req.get("return_mel")):
+                if r.return_mel:
                     row["mel_db"] = db[i].numpy().astype(np.float32).tolist()
                 out.append(row)
         return pd.DataFrame(out)

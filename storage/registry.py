@@ -20,7 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import Array, ColSpec, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
 from storage.model_bundle import META_FILE, GeneratorBundle, load_bundle_dir
 
@@ -99,8 +99,10 @@ def model_signature() -> ModelSignature:
     """Request: class (+ optional count, seed, return_mel); response: one row per clip."""
     inputs = Schema([
         ColSpec("string", "class"),
-        ColSpec("long", "count", required=False),
-        ColSpec("long", "seed", required=False),
+        # AnyType: MLflow's scoring server would cast 1.5 to 1 (astype) before the model
+        # sees it; the model checks types strictly itself (storage.pyfunc_generator)
+        ColSpec(AnyType(), "count", required=False),
+        ColSpec(AnyType(), "seed", required=False),
         ColSpec("boolean", "return_mel", required=False),
     ])
     outputs = Schema([

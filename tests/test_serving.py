@@ -93,3 +93,81 @@ def test_champion_is_served_by_mlflow_scoring_server(served_champion: str) -> No
     assert status == 400 and err.get("error_code") == "INVALID_PARAMETER_VALUE", err
     reason = err.get("message", "").strip().splitlines()[-1]
     assert reason.startswith("Error: unknown class 'meow'; the model knows"), err
+
+    # the CLI's ranges, strict types and a budget for the request as a whole (issue 14)
+    for body, why in (
+        ({"class": "beep", "seed": -1}, "row 0: seed: Input should be greater than or equal"),
+        ({"class": "beep", "count": 513}, "row 0: count: Input should be less than or equal"),
+        ([{"class": "beep", "count": 512}] * 4, "the request asks for 2048 clips; at most 512"),
+        ({"class": "beep", "count": 1.5}, "row 0: count: Input should be a valid integer"),
+    ):
+        records = body if isinstance(body, list) else [body]
+        status, err = _post(url, {"dataframe_records": records})
+        assert status == 400 and err.get("error_code") == "INVALID_PARAMETER_VALUE", err
+        assert err["message"].strip().splitlines()[-1].startswith(f"Error: {why}"), err
+
+
+# --- the request layer without a server (fast; the same code the server runs) -------------
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory):
+    from mlflow.pyfunc import PythonModelContext
+
+    from storage.pyfunc_generator import AudioWGANModel
+
+    m = AudioWGANModel()
+    m.load_context(PythonModelContext(
+        {"bundle": str(make_bundle(tmp_path_factory.mktemp("b") / "bundle"))}, {}))
+    return m
+
+
+@pytest.mark.parametrize("request_rows, reason", [
+    ([{"class": "beep", "count": 1.5}], "row 0: count: Input should be a valid integer"),
+    ([{"class": "beep", "count": True}], "row 0: count: Input should be a valid integer"),
+    ([{"class": "beep", "count": "2"}], "row 0: count: Input should be a valid integer"),
+    ([{"class": "beep", "seed": -1}], "row 0: seed: Input should be greater than or equal"),
+    ([{"class": "beep", "seed": 2**63}], "row 0: seed: Input should be less than or equal"),
+    ([{"class": "beep", "count": 0}], "row 0: count: Input should be greater than or equal"),
+    ([{"class": "beep", "cout": 2}], "row 0: cout: Extra inputs are not permitted"),
+    ([{"count": 2}], "row 0: class: Field required"),
+    ([{"class": ""}], "row 0: class: String should have at least 1 character"),
+    ([{"class": "beep", "return_mel": 1}], "row 0: return_mel: Input should be a valid bool"),
+    ([{"class": "beep"}, {"class": "meow"}], "unknown class 'meow'"),
+    ([{"class": "beep", "count": 300}, {"class": "hum", "count": 300}],
+     "the request asks for 600 clips; at most 512 per request"),
+    ([], "the request has no rows"),
+    ("beep", "expected a DataFrame or records"),
+])
+def test_bad_requests_refused_before_any_clip(model, request_rows, reason: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, request_rows)
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert str(err.value.message).startswith(reason), err.value.message
+    assert "\n" not in str(err.value.message)
+
+
+def test_sample_budget_counts_returned_mels(model) -> None:
+    from storage.pyfunc_generator import MAX_REQUEST_SAMPLES, parse_request
+
+    mel = model.bundle.mel
+    per_clip = mel.segment_samples + mel.n_mels * mel.frames
+    with pytest.raises(ValueError, match="samples; at most"):
+        parse_request([{"class": "beep", "count": 512, "return_mel": True}],
+                      MAX_REQUEST_SAMPLES // 512, 1)
+    # 512 clips of their audio alone fit; 2 x 300 clips do not, whatever their size
+    assert len(parse_request([{"class": "beep", "count": 512}], mel.segment_samples,
+                             per_clip)) == 1
+    with pytest.raises(ValueError, match="600 clips"):
+        parse_request([{"class": "beep", "count": 300}] * 2, 1, 1)
+
+
+def test_dataframe_gaps_and_numpy_types_are_taken(model) -> None:
+    """What the scoring server passes: a DataFrame whose gaps made a column float."""
+    import pandas as pd
+
+    df = pd.DataFrame([{"class": "beep", "count": 2, "seed": 7}, {"class": "hum"}])
+    out = model.predict(None, df)
+    assert list(out["class"]) == ["beep", "beep", "hum"]
+    assert list(out["seed"]) == [7, 7, 0] and list(out["index"]) == [0, 1, 0]

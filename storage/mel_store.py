@@ -364,6 +364,7 @@ class MelStore:
                       "std_db": float(std.mean()) if len(std) else None},
             "format_version": m.format_version,
             "requeued": list(m.requeued),
+            "linked_classes": list(m.linked_classes),
         }
 
 
@@ -415,6 +416,9 @@ def describe(info: dict[str, Any]) -> str:
               for i, (name, n) in enumerate(info["classes"].items())]
     if info["empty_classes"]:
         lines.append(f"empty class folders (no class created): {', '.join(info['empty_classes'])}")
+    if info.get("linked_classes"):
+        lines.append("linked class folders (outside DATA_DIR): " + ", ".join(
+            f"{c['class']} -> {c['target']}" for c in info["linked_classes"]))
     if info["rejected"]:
         lines.append(f"rejected     {len(info['rejected'])} files")
         lines += [f"  {r['path']}: {r['reason']}" for r in info["rejected"]]

@@ -82,6 +82,8 @@ class Manifest:
     # files whose rows were in damaged chunks and were dropped (`compact --drop-damaged`):
     # no longer kept, so the next precompute computes them again
     requeued: list[str] = field(default_factory=list)
+    # class folders that are links to folders outside DATA_DIR: {"class", "target"}
+    linked_classes: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def format_version(self) -> int:
@@ -136,6 +138,8 @@ class Manifest:
             "generation": self.generation,
             "checksums": self.checksums,
             "requeued": _names(self.requeued),
+            "linked_classes": [{"class": escape(c["class"]), "target": escape(c["target"])}
+                               for c in self.linked_classes],
         }
 
     def to_json(self) -> bytes:
@@ -170,6 +174,8 @@ class Manifest:
             generation=int(d.get("generation", 0)),
             checksums=d.get("checksums"),
             requeued=[un(p) for p in d.get("requeued", [])],
+            linked_classes=[{"class": un(c["class"]), "target": un(c["target"])}
+                            for c in d.get("linked_classes", [])],
         )
 
 

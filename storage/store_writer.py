@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from gan.spectral import MelConfig
+from gan.spectral import PAD_POLICIES, MelConfig
 from storage.atomic_files import TMP_PREFIX
 from storage.fault_points import fault_point
 from storage.store_errors import StoreError
@@ -61,7 +61,6 @@ from storage.store_manifest import (
 
 INT_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "split_hop_frames")
 FLOAT_FIELDS = ("f_min", "f_max")
-PAD_POLICIES = ("zero-end",)
 # Automatic compaction (at the end of a precompute) once dead rows are at least this share
 # of the stored rows and fill at least one mel chunk: each compaction then copies at most
 # three live rows per dead row it drops, and never runs for less than a chunk of space.
@@ -164,8 +163,8 @@ class MelStoreWriter:
             raise StoreError(f"{p} exists and is not a directory; use a new --store")
         try:
             committed = read_manifest(p)
-        except (ValueError, KeyError, TypeError):
-            committed = None  # refused below, under the lock, with its reason
+        except (ValueError, KeyError, TypeError, OSError):
+            committed = None  # refused below (under the lock, or by making it), in one line
         resolve_mel_config(committed.mel if committed else None, mel, p)
         made = p
         while not made.parent.exists() and made.parent != made:
@@ -325,11 +324,12 @@ class MelStoreWriter:
         return n
 
     def set_reports(self, rejected: list[dict[str, str]], ignored: list[dict[str, str]],
-                    empty_classes: list[str]) -> None:
-        new = (list(rejected), list(ignored), list(empty_classes))
+                    empty_classes: list[str],
+                    linked_classes: list[dict[str, str]] | None = None) -> None:
+        new = (list(rejected), list(ignored), list(empty_classes), list(linked_classes or []))
         m = self.manifest
-        if new != (m.rejected, m.ignored, m.empty_classes):
-            m.rejected, m.ignored, m.empty_classes = new
+        if new != (m.rejected, m.ignored, m.empty_classes, m.linked_classes):
+            m.rejected, m.ignored, m.empty_classes, m.linked_classes = new
             self._dirty = True
 
     def commit(self, force: bool = True) -> bool:

@@ -4,8 +4,13 @@ DATA_DIR/<class>/**/<file> with an audio extension is a clip of <class>. Hidden 
 folders (name starting with ".") are skipped silently; files directly in DATA_DIR and
 non-audio files in class folders are reported as ignored; class folders without a single
 audio file are reported as empty (no class is created for them). Symlinked files and
-folders are followed (loops are cut). The size+mtime check decides what must be re-read;
-content hashes then decide what really changed.
+folders are followed (loops are cut); a class folder that is a link to a folder outside
+DATA_DIR is taken in as that class and reported (`linked_classes`, in the summary and in
+`store-info`), so that data from elsewhere never enters a store unannounced. Names are
+whatever the file system holds: undecodable bytes travel as surrogate escapes (PEP 383),
+which `os` turns back into the same bytes, and the store writes them escaped
+(storage.file_names). The size+mtime check decides what must be re-read; content hashes
+then decide what really changed.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class ScanResult:
     unreadable: list[dict[str, str]] = field(default_factory=list)  # could not even stat
     class_dirs: list[str] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    # class folders that are links to folders outside DATA_DIR: {"class", "target"}
+    linked_classes: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +71,7 @@ def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> Sc
     if not root.is_dir():
         raise DataDirError(f"{root} is not a directory")
     res = ScanResult()
+    real_root = os.path.realpath(root)
     try:
         top = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as exc:
@@ -75,6 +83,9 @@ def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> Sc
             continue
         if _is_dir(entry):
             res.class_dirs.append(entry.name)
+            target = os.path.realpath(entry.path)
+            if entry.is_symlink() and os.path.commonpath([real_root, target]) != real_root:
+                res.linked_classes.append({"class": entry.name, "target": target})
             n_before = len(res.files) + len(res.unreadable)
             _walk_class(root, entry.name, res)
             if len(res.files) + len(res.unreadable) == n_before:

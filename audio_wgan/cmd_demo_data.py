@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from audio_wgan.params import add_seed, output_dir, ranged
+from gan.limits import DEMO_CLIPS_PER_CLASS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,8 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and street_music. The sounds are synthetic, not recordings; deterministic for a seed.",
     )
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--clips-per-class", type=int, default=40, metavar="N")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--clips-per-class", type=ranged(DEMO_CLIPS_PER_CLASS, "--clips-per-class"),
+                   default=40, metavar="N",
+                   help=f"clips per class, 1..{DEMO_CLIPS_PER_CLASS.hi} (default 40)")
+    add_seed(p, 0)
     p.set_defaults(func=run)
 
 
@@ -22,12 +27,12 @@ def run(args: argparse.Namespace) -> int:
     from audio_wgan.cli import UserError
     from tasks.demo_data import write_demo_data
 
-    if args.clips_per_class < 1:
-        raise UserError("--clips-per-class must be at least 1")
+    output_dir(args.out_dir, "OUT_DIR")
     try:
         info = write_demo_data(args.out_dir, args.clips_per_class, args.seed)
-    except OSError as exc:
-        raise UserError(f"cannot write {args.out_dir}: {exc.strerror or exc}") from None
+    except (OSError, RuntimeError) as exc:  # soundfile reports a failed write as RuntimeError
+        raise UserError(f"cannot write {args.out_dir}: {getattr(exc, 'strerror', None) or exc}"
+                        ) from None
     print(f"demo data: {info['files']} synthetic clips in {info['out_dir']} "
           f"({len(info['classes'])} classes, {info['written']} newly written)")
     return 0

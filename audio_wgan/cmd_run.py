@@ -10,6 +10,7 @@ import argparse
 import os
 import time
 
+from audio_wgan.params import add_seed
 from flows.defaults import (
     CHECKPOINT_DIR,
     DEMO_DATA_DIR,
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     p.add_argument("--sample-every", type=int, default=20, metavar="N",
                    help="render samples every N epochs (the seed's 20)")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    add_seed(p, 0)
     p.add_argument("--force", action="store_true", help="train even if the data did not change")
     p.add_argument("--model-name", default=MODEL_NAME, metavar="NAME")
     p.set_defaults(func=run)

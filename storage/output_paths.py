@@ -27,6 +27,10 @@ def check_output_dir(path: str | os.PathLike[str], option: str = "output folder"
     if "\0" in text:
         raise OutputPathError(f"{option} {text!r} holds a NUL byte")
     p = Path(text)
+    long = [part for part in p.parts if len(os.fsencode(part)) > 255]
+    if long:
+        raise OutputPathError(f"{option} {text[:200]}: a name on the way is longer than 255 "
+                              f"bytes")
     probe = p
     try:
         while not probe.exists():
@@ -41,8 +45,6 @@ def check_output_dir(path: str | os.PathLike[str], option: str = "output folder"
             raise OutputPathError(f"{option} {p}: {where}")
         if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
             raise OutputPathError(f"{option} {p}: {probe} is not writable")
-        if len(p.name.encode(errors="surrogateescape")) > 255:
-            raise OutputPathError(f"{option} {p}: the name is longer than 255 bytes")
     except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES on the way
         raise OutputPathError(f"{option} {p}: {exc.strerror or exc}") from None
     return p

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from gan.limits import DEMO_CLIPS_PER_CLASS, SEED
+
 CLASSES = ("dog_bark", "drilling", "engine_idling", "siren", "street_music")
 DEMO_SAMPLE_RATE = 16000
 DEMO_SECONDS = 2.05  # two whole 64-frame examples at 16 kHz, hop 256
@@ -119,9 +121,13 @@ def synthesise_clip(cls: str, index: int, seed: int = 0, sr: int = DEMO_SAMPLE_R
 
 
 def write_demo_data(out_dir: str | Path, clips_per_class: int = 40, seed: int = 0) -> dict:
-    """Write OUT_DIR/<class>/<class>_<k>.wav; unchanged files are not rewritten (idempotent)."""
-    if clips_per_class < 1:
-        raise ValueError("clips_per_class must be at least 1")
+    """Write OUT_DIR/<class>/<class>_<k>.wav; unchanged files are not rewritten (idempotent).
+
+    The counts are checked against `gan.limits` (RangeError, a ValueError) before anything
+    is written.
+    """
+    clips_per_class = DEMO_CLIPS_PER_CLASS.check(clips_per_class, "clips_per_class")
+    seed = SEED.check(seed, "seed")
     out = Path(out_dir)
     written = 0
     for cls in CLASSES:

@@ -42,7 +42,7 @@ def test_rerun_is_idempotent_and_seed_matters(tmp_path: Path) -> None:
 def test_bad_clip_count_is_one_line_error(tmp_path: Path, capsys) -> None:
     assert main(["demo-data", str(tmp_path), "--clips-per-class", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "at least 1" in err
+    assert err.count("\n") == 0 and "must be between 1 and" in err
 
 
 def test_classes_are_spectrally_distinct() -> None:

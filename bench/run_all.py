@@ -13,8 +13,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["precompute", "workers", "compaction", "train", "train_flow", "render", "demo_run"]
-BENCHES = ["bench.bench_precompute", "bench.bench_workers", "bench.bench_compaction",
+ORDER = ["precompute", "workers", "dask", "compaction", "train", "train_flow", "render",
+         "demo_run"]
+BENCHES = ["bench.bench_precompute", "bench.bench_workers", "bench.bench_dask",
+           "bench.bench_compaction",
            "bench.bench_train",
            "bench.bench_train_flow", "bench.bench_render"]
 

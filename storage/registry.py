@@ -23,10 +23,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
 from storage.model_bundle import META_FILE, GeneratorBundle, load_bundle_dir
+from storage.promotion_rule import CANDIDATE, CHAMPION, NO_METRIC, decide, finite
 
 DEFAULT_MODEL_NAME = "audio-wgan"
-CHAMPION = "champion"
-CANDIDATE = "candidate"
 MODEL_ARTIFACT = "model"  # name of the logged pyfunc model inside its run
 BUNDLE_KEY = "bundle"  # pyfunc artifact key holding the generator bundle directory
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_generator.py")
@@ -291,49 +290,52 @@ def _metric_of(c: MlflowClient, mv: ModelVersion, metric_name: str) -> float | N
 
 def promote(name: str, version: int | str, metric_name: str | None = None,
             value: float | None = None, lower_is_better: bool = True, margin: float = 0.0,
-            champion_value: float | None = None) -> dict[str, Any]:
-    """Decide champion vs candidate for a new version and set the alias.
+            champion_value: float | None = None, champion_version: int | None = None,
+            champion_note: str | None = None, value_note: str | None = None
+            ) -> dict[str, Any]:
+    """Apply the one promotion rule (`storage.promotion_rule.decide`) to a new version:
+    set `@champion` or `@candidate` and write why, for every flow that registers.
 
-    First version -> champion. With a metric: better than the champion by more than
-    `margin` -> champion (the old one gets a `former_champion` tag); otherwise -> candidate.
-    Without a metric, later versions are candidates (the champion only changes on evidence).
-    A champion with no recorded value for the metric is replaced (nothing to defend).
-    The reason is written to the version's `promotion_reason` tag.
+    The champion is the version holding `@champion` now. `champion_value` is its score
+    measured like `value` (same evaluation, same store: the retrain flow); a value for
+    another version than `champion_version` is not used. Without one, the champion's
+    recorded `metric.<name>` tag (or its run's metric) stands in, unless `champion_note`
+    says why it could not be scored. Without `value` (the train flow: no evaluation) a
+    later version is a candidate. Tags: `promotion_decision`, `promotion_reason`,
+    `metric.<name>` (the new version's value; the champion's when measured now), and
+    `former_champion` on a replaced champion.
     """
     c = client()
     version = str(version)
-    if metric_name is not None and value is not None:
-        c.set_model_version_tag(name, version, f"metric.{metric_name}", repr(float(value)))
+    metric = metric_name or "metric"
     champ = version_by_alias(name, CHAMPION)
-    old: str | None = None
-    if champ is None:
-        decision, reason = CHAMPION, "first version of the model: champion by default"
-    elif str(champ.version) == version:
-        decision, reason = CHAMPION, f"v{version} is already the champion"
-    elif metric_name is None or value is None:
-        decision = CANDIDATE
-        reason = f"no evaluation metric; champion stays v{champ.version}"
-    else:
-        ref = champion_value if champion_value is not None else _metric_of(c, champ, metric_name)
-        sense = "lower" if lower_is_better else "higher"
-        if ref is None:
-            decision, old = CHAMPION, str(champ.version)
-            reason = f"champion v{champ.version} has no {metric_name}; v{version} measured " \
-                     f"{metric_name}={value:.4g}"
-        else:
-            better = (value < ref - margin) if lower_is_better else (value > ref + margin)
-            verdict = "beats" if better else "does not beat"
-            reason = (f"{metric_name}={value:.4g} {verdict} champion v{champ.version} "
-                      f"({ref:.4g}) by margin {margin:g} ({sense} is better)")
-            decision = CHAMPION if better else CANDIDATE
-            old = str(champ.version) if better else None
-    c.set_registered_model_alias(name, decision, version)
-    if decision == CHAMPION and old is not None:
-        c.set_model_version_tag(name, old, "former_champion", f"replaced by v{version}")
+    champ_version = int(champ.version) if champ is not None else None
+    measured = champion_value is not None and champion_version in (None, champ_version)
+    ref = champion_value if measured else None
+    if champ is not None and not measured and champion_note is None and metric_name:
+        ref = _metric_of(c, champ, metric_name)
+    if value is None and value_note is None and metric_name is None:
+        value_note = NO_METRIC
+    decision = decide(value, champ_version, ref, metric, lower_is_better, margin,
+                      champion_note, value_note, version=int(version))
+    if metric_name is not None and finite(value):
+        c.set_model_version_tag(name, version, f"metric.{metric_name}", repr(float(value)))
+    if metric_name is not None and measured and finite(champion_value) \
+            and champ_version is not None and str(champ_version) != version:
+        # the champion's score on today's store, so `models` shows the comparison made
+        c.set_model_version_tag(name, str(champ_version), f"metric.{metric_name}",
+                                repr(float(champion_value)))
+    set_alias(name, decision.alias, version)
+    replaced = decision.alias == CHAMPION and champ_version is not None \
+        and str(champ_version) != version
+    if replaced:
+        c.set_model_version_tag(name, str(champ_version), "former_champion",
+                                f"replaced by v{version}")
         cand = version_by_alias(name, CANDIDATE)
         if cand is not None and str(cand.version) == version:
             c.delete_registered_model_alias(name, CANDIDATE)
-    c.set_model_version_tag(name, version, "promotion_decision", decision)
-    c.set_model_version_tag(name, version, "promotion_reason", reason)
-    return {"decision": decision, "reason": reason, "version": int(version),
-            "previous_champion": int(champ.version) if champ is not None else None}
+    c.set_model_version_tag(name, version, "promotion_decision", decision.alias)
+    c.set_model_version_tag(name, version, "promotion_reason", decision.reason)
+    return {"model_name": name, "version": int(version), "decision": decision.alias,
+            "reason": decision.reason, "metric": metric_name, "value": decision.value,
+            "champion_value": decision.champion_value, "previous_champion": champ_version}

@@ -59,7 +59,7 @@ def test_log_register_load_and_predict(tmp_path, mlflow_uri):
     assert [r["version"] for r in rows] == [1]
     assert rows[0]["aliases"] == ["champion"]
     assert rows[0]["tags"]["store_fingerprint"] == "abc"
-    assert rows[0]["tags"]["promotion_reason"].startswith("first version")
+    assert rows[0]["tags"]["promotion_reason"].startswith("first model version")
     assert rows[0]["run_id"]
 
     # the artifact lives under the configured artifact root
@@ -180,3 +180,43 @@ def test_tracking_logs_params_tags_and_batched_metrics(mlflow_uri):
     hist = c.get_metric_history(run_id, "critic_loss")
     assert sorted(m.step for m in hist) == list(range(1, 11))
     assert "step" not in run.data.metrics
+
+
+def test_train_and_retrain_flows_promote_by_the_one_rule(tmp_path, mlflow_uri):
+    """Both outcomes through both callers, with scores this test chose: the train flow's
+    registration (tasks.train.register_model: no evaluation) and the retrain flow's task
+    (tasks.promote.promote: both models scored on the same store) end in
+    storage.registry.promote, which applies storage.promotion_rule.decide."""
+    import tasks.promote
+    from storage import promotion_rule
+    from tasks import train
+
+    assert not hasattr(tasks.promote, "decide") and not hasattr(tasks.promote, "apply_decision")
+    assert registry.decide is promotion_rule.decide
+    run_id = tracking.start_run("audio-wgan", {"preset": "tiny"}, {})
+    first = train.register_model(str(make_bundle(tmp_path / "b1")), run_id, "m", {})
+    tracking.end_run(run_id)
+    assert first["decision"] == "champion" and first["version"] == 1
+    c = registry.client()
+    v2, v3, v4 = (c.create_model_version("m", source=f"file:///nowhere/{i}").version
+                  for i in range(3))
+    # the train flow has no evaluation: a later version is a candidate, the champion stays
+    r = registry.promote("m", v2)
+    assert r["decision"] == "candidate" and "no evaluation metric" in r["reason"]
+    # retrain: better (lower Fréchet distance, beyond the margin) -> champion
+    r = tasks.promote.promote("m", int(v3), 4.0, 1, 5.0, "frechet_distance", margin=0.5)
+    assert r["decision"] == "champion" and r["previous_champion"] == 1
+    assert "frechet_distance=4 beats champion v1 (5)" in r["reason"]
+    assert c.get_model_version("m", "1").tags["metric.frechet_distance"] == "5.0"
+    assert c.get_model_version("m", "1").tags["former_champion"] == f"replaced by v{v3}"
+    # retrain: worse -> candidate, the champion stays
+    r = tasks.promote.promote("m", int(v4), 4.2, int(v3), 4.0, "frechet_distance")
+    assert r["decision"] == "candidate" and "does not beat champion v3 (4)" in r["reason"]
+    aliases = {k: str(v) for k, v in c.get_registered_model("m").aliases.items()}
+    assert aliases == {"champion": str(v3), "candidate": str(v4)}
+    tags = c.get_model_version("m", str(v4)).tags
+    assert tags["promotion_decision"] == "candidate" and tags["metric.frechet_distance"] == "4.2"
+    # a champion that could not be scored on this store gives way to one that could
+    r = tasks.promote.promote("m", int(v4), 3.9, int(v3), None, "frechet_distance",
+                              champion_note="mel config differs")
+    assert r["decision"] == "champion" and "mel config differs" in r["reason"]

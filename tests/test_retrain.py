@@ -13,6 +13,7 @@ from registry_fixtures import make_bundle, register_bundle
 
 from storage import registry
 from storage.checkpoints import save_checkpoint
+from storage.promotion_rule import CANDIDATE, CHAMPION, decide, lower_is_better_for
 from tasks.demo_data import CLASSES, MARKER
 from tasks.pipeline_steps import (
     FINGERPRINT_TAG,
@@ -22,7 +23,7 @@ from tasks.pipeline_steps import (
     plan_training,
     prepare_checkpoint_dir,
 )
-from tasks.promote import CANDIDATE, CHAMPION, decide, lower_is_better_for, promote
+from tasks.promote import promote
 
 TINY_MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 32, "frames": 32}
 

@@ -1,0 +1,33 @@
+"""The one-line reason is the last line of stderr, also after a Prefect flow ran: Prefect's
+background services (events, API logs) drain at exit and used to log after it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_reason_is_the_last_stderr_line_after_a_failed_flow(tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    # the session's test server (a real one on loopback), as a user's PREFECT_API_URL
+    env.update(PREFECT_API_URL=str(PREFECT_API_URL.value()),
+               PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    missing = tmp_path / "no-such-data"
+    res = subprocess.run(
+        [sys.executable, "-m", "audio_wgan.cli", "precompute", str(missing), "--store",
+         str(tmp_path / "s.zarr")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1] == f"audio-wgan precompute: error: data directory {missing} does not exist"
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "s.zarr").exists()

@@ -1,0 +1,105 @@
+"""Bounded reads: a file's size and its declared length are checked before it is read or
+decoded, so a huge file is one rejection (with its size), never gigabytes of memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from gan.spectral import MelConfig
+from tasks.audio_features import (
+    MAX_CLIP_SECONDS_ENV,
+    MAX_FILE_MB_ENV,
+    FeatureExtractor,
+    ReadLimits,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MEL = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, frames=32)
+TWO_GB = 2 << 30
+
+
+def sparse_wav(path: Path, size: int = TWO_GB) -> Path:
+    """A valid one-second wav grown to `size` bytes with a hole (no disk used)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.full(16000, 0.1, np.float32), 16000)
+    os.truncate(path, size)
+    return path
+
+
+def extract(path: Path) -> object:
+    st = path.stat()
+    return FeatureExtractor(MEL).extract(str(path), path.name, "c", st.st_size, st.st_mtime_ns)
+
+
+def test_huge_sparse_file_rejected_with_its_size_in_bounded_memory(tmp_path: Path) -> None:
+    big = sparse_wav(tmp_path / "big.wav")
+    # in a fresh process, so that its peak RSS is this file's alone (torch's import included)
+    script = (
+        "import json, resource, sys\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from tests.test_hostile_reads import extract\n"
+        "out = extract(Path(sys.argv[1]))\n"
+        "print(json.dumps({'status': out.status, 'reason': out.reason,\n"
+        "                  'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (MAX_FILE_MB_ENV,
+                                                               MAX_CLIP_SECONDS_ENV)}
+    res = subprocess.run([sys.executable, "-c", script, str(big), str(ROOT)], env=env,
+                         capture_output=True, text=True, timeout=300, check=True)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["status"] == "rejected"
+    assert out["reason"].startswith(f"too large ({TWO_GB} bytes = 2.00 GiB; the limit is ")
+    # reading it would take > 2 GB on top of the interpreter with torch (~0.5-0.7 GB)
+    assert out["peak_mb"] < 1500, out
+
+
+def test_declared_length_over_the_limit_is_rejected_before_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "three_seconds.wav"
+    sf.write(path, np.full(3 * 8000, 0.1, np.float32), 8000)
+    assert extract(path).status == "new"
+    monkeypatch.setenv(MAX_CLIP_SECONDS_ENV, "2")
+    out = extract(path)
+    assert (out.status, out.reason) == ("rejected", "too long (24000 frames = 3 s at 8000 Hz; "
+                                        f"the limit is 2 s, see {MAX_CLIP_SECONDS_ENV})")
+
+
+def test_file_size_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    path = tmp_path / "two_mb.wav"
+    sf.write(path, np.full(8000 * 70, 0.1, np.float32), 8000, subtype="FLOAT")  # 2.2 MB
+    monkeypatch.setenv(MAX_FILE_MB_ENV, "1")
+    out = extract(path)
+    assert out.status == "rejected" and out.reason.startswith(
+        f"too large ({path.stat().st_size} bytes = 2.1 MiB; the limit is 1048576 bytes")
+    assert ReadLimits.from_env().max_file_bytes == 1 << 20
+    monkeypatch.setenv(MAX_FILE_MB_ENV, "not a number")  # a bad setting keeps the default
+    assert ReadLimits.from_env() == ReadLimits()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_precompute_reports_the_huge_file_and_keeps_the_rest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from audio_wgan.cli import main
+
+    data = tmp_path / "data"
+    sparse_wav(data / "c" / "huge.wav")
+    sf.write(data / "c" / "ok.wav", np.full(8000, 0.1, np.float32) *
+             np.sin(np.arange(8000) / 5.0).astype(np.float32), 8000)
+    assert main(["precompute", str(data), "--store", str(tmp_path / "s"), "--sample-rate",
+                 "8000", "--n-fft", "256", "--hop-length", "64", "--n-mels", "32",
+                 "--frames", "32", "--device", "cpu", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    [rejected] = summary["rejected"]
+    assert rejected["path"] == "c/huge.wav"
+    assert rejected["reason"].startswith(f"too large ({TWO_GB} bytes")
+    assert summary["files"] == 1 and summary["rows"] >= 1

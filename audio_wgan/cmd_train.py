@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from flows.train import train
     from storage.checkpoints import CheckpointError
     from storage.registry import RegistryError
+    from storage.store_errors import StoreError
     from tasks.train import TrainingError
 
     quiet_run_failures()
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             experiment=args.experiment, register=not args.no_register, device=args.device,
             memory_budget_mb=args.memory_budget_mb, show_progress=not args.quiet,
             max_minutes=args.max_minutes)
-    except (TrainingError, CheckpointError, RegistryError) as exc:
+    except (TrainingError, CheckpointError, RegistryError, StoreError) as exc:
         lines = str(exc).strip().splitlines()
         raise UserError(lines[0] if lines else type(exc).__name__) from None
     start = result["start"]

@@ -185,3 +185,27 @@ def test_training_refuses_a_store_with_a_lost_chunk(tmp_path: Path) -> None:
     chunk_file(store, "mel_sums", 0).unlink()
     with pytest.raises(TrainingError, match="chunk 0 of mel_sums .* is missing"):
         open_training_data(str(store), batch_size=8, seed=0)
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("prefect_harness")
+def test_train_and_evaluate_refuse_a_store_with_a_garbage_chunk(
+        tmp_path: Path, mlflow_uri: str, write_tone, capsys: pytest.CaptureFixture[str]) -> None:
+    """Garbage in a chunk (present, so the open check passes): training ends in one line
+    naming the chunk, exit 2, instead of a Blosc traceback or training on zeros."""
+    from audio_wgan.cli import main
+    from flows.precompute import precompute
+
+    for i in range(6):
+        write_tone(f"c{i % 2}/t{i}.wav", seconds=0.5, sr=8000, freq=300 + 90 * i,
+                   root=tmp_path / "d")
+    store = tmp_path / "s"
+    precompute(str(tmp_path / "d"), str(store), mel={"sample_rate": 8000, "n_fft": 256,
+               "hop_length": 64, "n_mels": 32, "frames": 32})
+    chunk_file(store, "mels", 0).write_bytes(b"\x02\x01garbage" * 64)
+    code = main(["train", "--store", str(store), "--preset", "tiny", "--epochs", "1",
+                 "--checkpoint-dir", str(tmp_path / "ck"), "--no-register", "--quiet"])
+    line = last_err_line(capsys)
+    assert code == 2, line
+    assert line.startswith("audio-wgan train: error:") and "chunk 0 of mels" in line
+    assert "does not decode" in line

@@ -39,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
     if args.class_name not in bundle.class_names:
         raise UserError(f"unknown class {args.class_name[:200]!r}; the model knows: "
                         f"{', '.join(bundle.class_names)[:300]}")
-    waves, _ = synthesise(bundle, args.class_name, args.count, args.seed)
+    try:
+        waves, _ = synthesise(bundle, args.class_name, args.count, args.seed)
+    except ValueError as exc:  # BundleError: a model whose output is not finite
+        raise UserError(f"cannot generate from {args.model[:200]}: {exc}") from None
     sr = bundle.mel.sample_rate
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.class_name)
     safe = safe.encode()[:200].decode(errors="ignore")  # a file name is at most 255 bytes

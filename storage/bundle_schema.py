@@ -46,7 +46,8 @@ class BundleError(ValueError):
 
 
 ClassName = Annotated[str, Field(min_length=1, max_length=MAX_CLASS_NAME)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# statistics of log-mels in dB: finite, and small enough for float32 arithmetic
+DbFloat = Annotated[float, Field(allow_inf_nan=False, ge=-1e4, le=1e4)]
 
 
 class BundleMeta(BaseModel):
@@ -67,8 +68,8 @@ class BundleDoc(BaseModel):
     mel: MelConfig
     n_mels: int
     frames: int
-    norm_mean: list[FiniteFloat]
-    norm_std: list[FiniteFloat]
+    norm_mean: list[DbFloat]
+    norm_std: list[DbFloat]
     meta: BundleMeta = Field(default_factory=BundleMeta)
 
     @field_validator("format_version")

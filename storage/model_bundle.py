@@ -107,8 +107,19 @@ def load_bundle_dir(path: str | Path, device: str | torch.device = "cpu") -> Gen
     gen.load_state_dict(state)
     gen.to(device).eval()
     normaliser = Normaliser(torch.tensor(doc.norm_mean), torch.tensor(doc.norm_std))
+    _probe(gen, normaliser)
     return GeneratorBundle(gen, list(doc.class_names), doc.mel, normaliser, doc.preset,
                            doc.meta.model_dump())
+
+
+def _probe(gen: Generator, normaliser: Normaliser) -> None:
+    """One latent through the generator: finite weights can still give NaN (a negative
+    BatchNorm variance), and a broken model must be refused, not rendered as silence."""
+    labels = torch.zeros(1, dtype=torch.long)
+    db = sample_db(gen, normaliser, labels, make_noise(1, gen.noise_dim, 0))
+    if not bool(torch.isfinite(db).all()):
+        raise BundleError(f"{WEIGHTS_FILE}: the generator computes non-finite values (e.g. a "
+                          f"negative BatchNorm variance)")
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:
@@ -154,5 +165,7 @@ def synthesise(bundle: GeneratorBundle, class_name: str, count: int = 1, seed: i
     noise = make_noise(count, bundle.noise_dim, seed)
     labels = torch.full((count,), label, dtype=torch.long)
     db = sample_db(bundle.generator, bundle.normaliser, labels, noise)
+    if not bool(torch.isfinite(db).all()):  # e.g. a negative BatchNorm variance in the weights
+        raise BundleError("the model produced non-finite spectrograms; its weights are broken")
     waves = mels_to_audio(db, inverter or MelInverter(bundle.mel))
     return waves, db

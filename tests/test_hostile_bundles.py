@@ -181,3 +181,16 @@ def test_saving_refuses_what_loading_would(tmp_path: Path) -> None:
         save_bundle(tmp_path / "b", gen.state_dict(), "tiny", ["a", "b", "c"], TINY_MEL,
                     [0.0] * 32, [1.0] * 2)
     assert not (tmp_path / "b").exists()
+
+
+def test_finite_weights_that_compute_nan_are_refused(good_bundle: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    """A negative BatchNorm variance is finite, and makes every clip NaN (silence or -1)."""
+    d = tmp_path / "bundle"
+    shutil.copytree(good_bundle, d)
+    _state(d, lambda s: s["project.1.running_var"].fill_(-1.0))
+    out = tmp_path / "out"
+    line = refused(capsys, ["generate", "--model", str(d), "--class", "beep", "--out",
+                            str(out)], out, d)
+    assert "the generator computes non-finite values" in line, line

@@ -11,14 +11,17 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 import zarr
 from zarr.codecs import BloscCodec
 
 from gan.spectral import MelConfig
 from storage.store_integrity import read_checked
+
+if TYPE_CHECKING:
+    import torch
 
 # the arrays of one generation (a generation's arrays live under `gen<g>/`, see
 # storage.store_generations): float16 rows, their class, source file id, offset, sums
@@ -64,7 +67,10 @@ def mel_sums(mels: np.ndarray | torch.Tensor) -> np.ndarray:
     Squares of float16 values are exact in float32 (11-bit significands); torch's
     pairwise float32 sums over a row's frames are within ~1e-6 relative, far below what
     per-bin statistics need, and ~2x faster than float64 numpy on the precompute path.
+    (torch is imported here: readers such as `store-info` never need it.)
     """
+    import torch
+
     x = torch.as_tensor(mels).to(torch.float16).float()
     return torch.stack([x.sum(dim=2), x.square().sum(dim=2)], dim=1).double().numpy()
 

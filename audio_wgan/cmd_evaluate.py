@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 
+from audio_wgan.params import add_seed
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,14 +16,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Score generated examples with a small classifier trained on the store "
         "(cached next to it): accuracy of the intended class, Inception Score, Fréchet "
         "distance of classifier embeddings, NDB/K and within-class diversity, beside the same "
-        "figures for held-out real examples and for real examples through Griffin-Lim.",
+        "figures for held-out real examples and for real examples through Griffin-Lim. "
+        "The real examples it compares with (the reference and the ceiling) come from about "
+        "a fifth of each class's source files, chosen by a hash of their paths, which "
+        "`audio-wgan train` never trains on: no evaluation row is a row the model saw.",
     )
     p.add_argument("--model", required=True, metavar="URI",
                    help="MLflow model URI or a local bundle directory")
     p.add_argument("--store", required=True, metavar="STORE", help="the model's mel store")
     p.add_argument("--n-per-class", type=int, default=32, metavar="N",
                    help="generated examples per class (default 32)")
-    p.add_argument("--seed", type=int, default=20240, metavar="S")
+    add_seed(p, 20240)
     p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     p.set_defaults(func=run)
 

@@ -38,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="clips longer than one example: split into several or crop")
     mel.add_argument("--split-hop-frames", type=int, metavar="N",
                      help="hop between split examples (default: one example, no overlap)")
+    mel.add_argument("--tail-policy", choices=("end", "pad"),
+                     help="the last example of a split clip: end (default; it ends at the "
+                     "clip's end, overlapping the one before) or pad (zero-padded remainder, "
+                     "as stores made before this option)")
+    mel.add_argument("--pad-policy", choices=("noise", "loop", "zero-end"),
+                     help="clips shorter than one example: noise (default; padded with the "
+                     "clip's own noise floor), loop (repeated) or zero-end (zero-padded)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="threads or worker processes (default: one per core)")
     p.add_argument("--pool", choices=("threads", "processes", "dask"), default="threads",
@@ -65,7 +72,7 @@ COMPACT = {"auto": None, "always": True, "never": False}
 
 
 MEL_ARGS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "f_min", "f_max",
-            "long_clip_policy", "split_hop_frames")
+            "long_clip_policy", "split_hop_frames", "tail_policy", "pad_policy")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,9 +22,12 @@ GALLERY_FILE = "index.html"
 MANIFEST_FILE = "gallery.json"
 AUDIO_DIR = "gan_generated_audio"  # the seed's folder name
 THUMB_DIR = "spectrograms"
+REAL_AUDIO_DIR = "real_audio"  # real rows of the store, through the same inversion
+REAL_THUMB_DIR = "real_spectrograms"
 LOSS_CURVE = "loss_curve.png"
 _GRID_RE = re.compile(r"^epoch_(\d+)\.png$")
 _CLIP_RE = re.compile(r"^epoch_(\d+)_(\d+)\.wav$")
+_REAL_RE = re.compile(r"^real_(\d+)\.wav$")
 
 
 def epoch_tag(epoch: int) -> str:
@@ -106,6 +109,26 @@ def _clips(samples_dir: Path, class_dir: str, epoch: int) -> list[int]:
     return sorted(ks)
 
 
+def _real_clips(samples_dir: Path, class_dir: str) -> list[int]:
+    folder = samples_dir / REAL_AUDIO_DIR / class_dir
+    return sorted(int(m.group(1)) for p in folder.glob("real_*.wav")
+                  if (m := _REAL_RE.match(p.name)))
+
+
+def _cell(samples_dir: Path, audio: str, thumb: str, alt: str, css: str = "") -> str:
+    img = (f'<img src="{thumb}" alt="{html.escape(alt)}">'
+           if (samples_dir / thumb_path(thumb)).is_file() else "")
+    cls = f' class="{css}"' if css else ""
+    return (f"<td{cls}><figure>{img}<audio controls preload=\"metadata\" "
+            f'src="{audio}"></audio></figure></td>')
+
+
+def thumb_path(url: str) -> Path:
+    from urllib.parse import unquote
+
+    return Path(*[unquote(p) for p in url.split("/")])
+
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 nav a { margin-right: .6em; }
@@ -118,6 +141,8 @@ figure { margin: 0; }
 figure img { display: block; width: 192px; height: 96px; image-rendering: pixelated; }
 audio { width: 192px; }
 .info { color: #666; font-size: .9em; }
+td.real { background: #eef5ee; }
+td.gap { width: 1em; }
 """
 
 
@@ -152,22 +177,23 @@ def build_gallery_html(samples_dir: str | Path) -> str:
             parts.append(f'<a href="{_url(tag + ".png")}"><img class="grid" '
                          f'src="{_url(tag + ".png")}" alt="spectrogram grid, epoch {e}"></a>')
         rows = []
+        n_real = max((len(_real_clips(root, cdir)) for _, cdir in classes), default=0)
         for name, cdir in classes:
             ks = _clips(root, cdir, e)
             if not ks:
                 continue
-            cells = []
-            for k in ks:
-                clip = f"{tag}_{k}"
-                thumb = root / THUMB_DIR / cdir / f"{clip}.png"
-                img = (f'<img src="{_url(THUMB_DIR, cdir, clip + ".png")}" '
-                       f'alt="{esc(name)} {k}">' if thumb.is_file() else "")
-                cells.append(
-                    f"<td><figure>{img}<audio controls preload=\"metadata\" "
-                    f'src="{_url(AUDIO_DIR, cdir, clip + ".wav")}"></audio></figure></td>')
-            rows.append(f"<tr><th>{esc(name)}</th>{''.join(cells)}</tr>")
+            real = [_cell(root, _url(REAL_AUDIO_DIR, cdir, f"real_{k}.wav"),
+                          _url(REAL_THUMB_DIR, cdir, f"real_{k}.png"), f"{name} real {k}",
+                          "real") for k in _real_clips(root, cdir)]
+            real += ["<td></td>"] * (n_real - len(real))
+            gen = [_cell(root, _url(AUDIO_DIR, cdir, f"{tag}_{k}.wav"),
+                         _url(THUMB_DIR, cdir, f"{tag}_{k}.png"), f"{name} {k}") for k in ks]
+            gap = '<td class="gap"></td>' if n_real else ""
+            rows.append(f"<tr><th>{esc(name)}</th>{''.join(real)}{gap}{''.join(gen)}</tr>")
         if rows:
-            parts.append(f"<table>{''.join(rows)}</table>")
+            head = (f'<tr><th></th><th colspan="{n_real}">real (from the store)</th><th></th>'
+                    f'<th>generated</th></tr>' if n_real else "")
+            parts.append(f"<table>{head}{''.join(rows)}</table>")
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)

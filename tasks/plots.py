@@ -94,7 +94,8 @@ def save_mel_thumbnail(db: torch.Tensor | np.ndarray, path: str | Path, vmin: fl
 
 def plot_loss_curve(history: Sequence[dict[str, float]], path: str | Path,
                     x_key: str | None = None, title: str = "") -> Path | None:
-    """One panel per numeric metric (losses differ in scale), against step or epoch.
+    """One panel per numeric metric that changes (losses differ in scale), against step or
+    epoch.
 
     history: per-step or per-epoch dicts, e.g. {"epoch": 3, "critic_loss": -1.2, ...}.
     x_key defaults to "step" if present, else "epoch", else the row index. Returns None when
@@ -111,6 +112,8 @@ def plot_loss_curve(history: Sequence[dict[str, float]], path: str | Path,
             if k != x_key and k not in names and isinstance(v, (int, float)) \
                     and not isinstance(v, bool):
                 names.append(k)
+    # a series that never changes (generator steps per epoch) is a panel that carries nothing
+    names = [n for n in names if len(rows) < 2 or len({h.get(n) for h in rows}) > 1]
     if not names:
         return None
     xs = [float(h[x_key]) if x_key else float(i) for i, h in enumerate(rows)]

@@ -5,6 +5,8 @@ Layout under `out_dir` (the seed's `samples/` folder):
     epoch_020.png                              grid: rows = classes, columns = samples
     gan_generated_audio/<class>/epoch_020_<k>.wav
     spectrograms/<class>/epoch_020_<k>.png     one thumbnail per clip, for the gallery
+    real_audio/<class>/real_<k>.wav            real rows of the store (when given), through
+    real_spectrograms/<class>/real_<k>.png     the same Griffin-Lim, to compare with
     loss_curve.png                             when a loss history is passed
     index.html, gallery.json                   the gallery of every epoch so far
 
@@ -31,6 +33,8 @@ from storage.model_bundle import GeneratorBundle
 from tasks.gallery import (
     AUDIO_DIR,
     LOSS_CURVE,
+    REAL_AUDIO_DIR,
+    REAL_THUMB_DIR,
     THUMB_DIR,
     GalleryManifest,
     epoch_tag,
@@ -76,12 +80,15 @@ def render(generator_or_bundle: Generator | GeneratorBundle,
            per_class: int = 4, seed: int = DEFAULT_SEED,
            griffin_lim_iters: int = DEFAULT_GRIFFIN_LIM_ITERS,
            history: Sequence[dict[str, float]] | None = None, title: str | None = None,
-           ) -> dict[str, Any]:
+           real: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """Render one epoch's fixed grid (plain function; `render_samples` is the Prefect task).
 
     Pass the EMA generator during training (with class_names, mel_cfg, normaliser) or a
-    `GeneratorBundle`. Returns the written paths (strings): samples_dir, grid, audio,
-    thumbnails, loss_curve (or None), gallery, manifest, plus epoch and files (all of them).
+    `GeneratorBundle`. `real` = (dB rows (N, n_mels, frames), class indices (N,)) from the
+    store: written once per call beside the generated clips, through the same inversion, so
+    the gallery can show real beside generated. Returns the written paths (strings):
+    samples_dir, grid, audio, thumbnails, loss_curve (or None), gallery, manifest, real (the
+    real clips), plus epoch and files (all of them).
     """
     gen, names, cfg, norm = _unpack(generator_or_bundle, class_names, mel_cfg, normaliser)
     if per_class < 1:
@@ -116,6 +123,7 @@ def render(generator_or_bundle: Generator | GeneratorBundle,
         audio.append(str(wav))
         thumbs.append(str(save_mel_thumbnail(db[i], root / THUMB_DIR / dirs[c] / f"{tag}_{k}.png",
                                              vmin, vmax)))
+    real_audio = _write_real(real, dirs, cfg, inverter, root, device, vmin, vmax)
     loss_curve = None
     if history:
         lc = plot_loss_curve(history, root / LOSS_CURVE, title="training losses")
@@ -128,12 +136,34 @@ def render(generator_or_bundle: Generator | GeneratorBundle,
                           "griffin_lim_iters": griffin_lim_iters, "latest_epoch": epoch})
     manifest_path = manifest.write(root)
     gallery = write_gallery(root)
-    files = [str(grid), *audio, *thumbs, str(manifest_path), str(gallery)]
+    files = [str(grid), *audio, *thumbs, *real_audio, str(manifest_path), str(gallery)]
     if loss_curve:
         files.append(loss_curve)
     return {"epoch": int(epoch), "samples_dir": str(root), "grid": str(grid), "audio": audio,
             "thumbnails": thumbs, "loss_curve": loss_curve, "gallery": str(gallery),
+            "real": real_audio,
             "manifest": str(manifest_path), "files": files}
+
+
+def _write_real(real: tuple[torch.Tensor, torch.Tensor] | None, dirs: list[str],
+                cfg: MelConfig, inverter: MelInverter, root: Path, device: torch.device,
+                vmin: float, vmax: float) -> list[str]:
+    """The store's real rows as wavs + thumbnails (`real_<k>` per class); their paths."""
+    if real is None or len(real[0]) == 0:
+        return []
+    db, labels = real
+    waves = mels_to_audio(db.float().to(device), inverter,
+                          batch_size=inversion_batch(cfg, device)).cpu().numpy()
+    out, seen = [], [0] * len(dirs)
+    for i, c in enumerate(labels.tolist()):
+        k, seen[c] = seen[c], seen[c] + 1
+        wav = root / REAL_AUDIO_DIR / dirs[c] / f"real_{k}.wav"
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(wav, waves[i], cfg.sample_rate, subtype="PCM_16")
+        save_mel_thumbnail(db[i], root / REAL_THUMB_DIR / dirs[c] / f"real_{k}.png", vmin,
+                           vmax)
+        out.append(str(wav))
+    return out
 
 
 def render_markdown(paths: dict[str, Any]) -> str:
@@ -157,14 +187,15 @@ def render_samples(generator_or_bundle: Generator | GeneratorBundle,
                    normaliser: Normaliser | None = None, out_dir: str | Path = "samples",
                    epoch: int = 0, per_class: int = 4, seed: int = DEFAULT_SEED,
                    griffin_lim_iters: int = DEFAULT_GRIFFIN_LIM_ITERS,
-                   history: Sequence[dict[str, float]] | None = None) -> dict[str, Any]:
+                   history: Sequence[dict[str, float]] | None = None,
+                   real: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """Prefect task: `render(...)`, plus a markdown artifact when run inside a flow/task run.
 
     Called with `.fn()` outside any run (tests, CLI) it only renders.
     """
     with torch.no_grad():
         paths = render(generator_or_bundle, class_names, mel_cfg, normaliser, out_dir, epoch,
-                       per_class, seed, griffin_lim_iters, history)
+                       per_class, seed, griffin_lim_iters, history, real=real)
     if in_prefect_run():
         create_markdown_artifact(markdown=render_markdown(paths), key="render-samples",
                                  description=f"rendered samples, epoch {epoch}")

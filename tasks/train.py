@@ -45,6 +45,7 @@ from tasks.tracking import MetricBatcher
 
 LOSS_KEYS = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein")
 FIT_PART = 0  # `split_by_source`'s training part (storage.classifier_cache.FIT)
+REAL_PER_CLASS = 2  # real clips per class in each render's gallery
 
 
 class TrainingError(ValueError):
@@ -72,6 +73,8 @@ class TrainingData:
     rows: int
     resident: bool
     info: dict[str, Any] = field(default_factory=dict)
+    # a few real rows per class (dB, labels) that renders show beside the generated clips
+    real_examples: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def resident_bytes(store: MelStore) -> int:
@@ -122,9 +125,26 @@ def open_training_data(store: str, batch_size: int, seed: int,
                         std=std, fingerprint=str(ms.fingerprint),
                         store=str(Path(ms.path).resolve()),
                         rows=len(fit_rows), resident=resident,
+                        real_examples=real_examples(ms, REAL_PER_CLASS),
                         info={"rows": len(fit_rows), "held_out_rows": held_out,
                               "classes": len(ms.classes),
                               "resident": resident, "bytes_float32": resident_bytes(ms)})
+
+
+def real_examples(store: MelStore, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `per_class` real rows of each class (float32 dB, labels), from the files held out
+    of training when there are any: what the generator is to be compared with by ear."""
+    labels = store.labels()
+    held = np.setdiff1d(np.arange(len(store)), training_rows(store))
+    rng = np.random.default_rng(0)
+    pick: list[int] = []
+    for c in range(len(store.classes)):
+        pool = held[labels[held] == c]
+        if not len(pool):
+            pool = np.flatnonzero(labels == c)
+        pick += sorted(rng.choice(pool, min(per_class, len(pool)), replace=False).tolist())
+    idx = np.asarray(pick, dtype=np.int64)
+    return store.read_rows(idx).astype(np.float32), labels[idx]
 
 
 def training_rows(store: MelStore) -> np.ndarray:
@@ -322,7 +342,9 @@ def render_epoch(trainer: WGANTrainer, data: TrainingData, samples_dir: str,
         trainer.ema_generator, data.classes, data.mel,
         Normaliser(torch.from_numpy(data.mean), torch.from_numpy(data.std)),
         out_dir=samples_dir, epoch=trainer.epoch, per_class=per_class,
-        griffin_lim_iters=griffin_lim_iters, history=history)
+        griffin_lim_iters=griffin_lim_iters, history=history,
+        real=None if data.real_examples is None else (
+            torch.from_numpy(data.real_examples[0]), torch.from_numpy(data.real_examples[1])))
     if run_id:
         tracking.log_artifacts(run_id, samples_dir, "samples")
     return paths

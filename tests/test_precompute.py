@@ -254,3 +254,16 @@ def test_batches_and_files_in_flight_are_bounded_in_bytes(
     assert ref["fingerprint"] == s["fingerprint"]
     np.testing.assert_array_equal(MelStore.open(tmp_path / "s").load()[0],
                                   MelStore.open(tmp_path / "ref").load()[0])
+
+
+def test_cli_cutting_policies_are_recorded_in_the_store(data: Path, tmp_path: Path) -> None:
+    from audio_wgan.cli import main
+
+    store = tmp_path / "s"
+    args = ["precompute", str(data), "--store", str(store), "--sample-rate", "8000",
+            "--n-fft", "256", "--hop-length", "64", "--n-mels", "32", "--frames", "32"]
+    assert main([*args, "--tail-policy", "pad", "--pad-policy", "loop"]) == 0
+    cfg = MelStore.open(store).mel_config
+    assert (cfg.tail_policy, cfg.pad_policy) == ("pad", "loop")
+    assert main(args) == 0  # an existing store keeps its own policies
+    assert main([*args, "--pad-policy", "noise"]) == 2  # and refuses other ones

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from gan.spectral import PAD_POLICIES, MelConfig
+from gan.spectral import MelConfig
 from storage.atomic_files import TMP_PREFIX
 from storage.fault_points import fault_point
 from storage.store_errors import StoreError
@@ -87,7 +87,8 @@ class NewFile:
 
 def resolve_mel_config(existing: dict[str, Any] | None, overrides: dict[str, Any] | None,
                        store: str | Path = "") -> MelConfig:
-    """The store's config (or the defaults for a new store) with `overrides` applied.
+    """The store's config (or the defaults for a new store) with `overrides` applied,
+    checked as a whole (`MelConfig.__post_init__`) before any store exists.
 
     Refuses (StoreError) overrides that would change an existing store's configuration:
     rows made with different parameters must never be mixed.
@@ -101,20 +102,17 @@ def resolve_mel_config(existing: dict[str, Any] | None, overrides: dict[str, Any
     try:
         for k in INT_FIELDS:
             if k in given:
-                given[k] = int(given[k])
+                v = given[k]
+                if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                    raise ValueError(f"{k} must be a whole number, got {v!r}")
+                given[k] = int(v)  # 64, 64.0 and "64" are the same setting
         for k in FLOAT_FIELDS:
             if k in given:
                 given[k] = float(given[k])
         base = dict(existing) if existing is not None else MelConfig().to_dict()
         cfg = MelConfig.from_dict({**base, **given})
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # MelConfig checks itself as a whole
         raise StoreError(f"bad mel configuration: {exc}") from None
-    if cfg.frames < 2:
-        raise StoreError("bad mel configuration: frames must be at least 2")
-    if cfg.split_hop_frames is not None and cfg.split_hop_frames <= 0:
-        raise StoreError("bad mel configuration: split_hop_frames must be positive")
-    if cfg.pad_policy not in PAD_POLICIES:
-        raise StoreError(f"bad mel configuration: pad_policy must be one of {PAD_POLICIES}")
     if existing is not None:
         old = MelConfig.from_dict(existing)
         if cfg != old:

@@ -197,6 +197,14 @@ def test_mel_config_change_refused_and_kept(tmp_path: Path, files: list[NewFile]
     with pytest.raises(StoreError, match="bad mel configuration"):
         resolve_mel_config(None, {"long_clip_policy": "stretch"})
     assert resolve_mel_config(None, None) == MelConfig()
+    # checked as a whole, with whole numbers where counts are meant (never truncated)
+    for bad, words in (({"f_min": 8000, "f_max": 100}, "f_max must be above f_min"),
+                       ({"sample_rate": 8000, "f_max": 9000}, "f_max must be above"),
+                       ({"n_mels": 64.5}, "n_mels must be a whole number"),
+                       ({"frames": True}, "frames must be a whole number")):
+        with pytest.raises(StoreError, match=f"bad mel configuration: {words}"):
+            resolve_mel_config(None, bad)
+    assert resolve_mel_config(None, {"n_mels": 64.0, "frames": "32"}).n_mels == 64
 
 
 def test_second_writer_refused_while_locked(tmp_path: Path, files: list[NewFile]) -> None:

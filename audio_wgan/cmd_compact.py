@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "replaced or deleted. Readers see the same rows before and after; a reader that has "
         "the store open keeps the old arrays until it closes (the next precompute or "
         "compact deletes them then). Precompute does this by itself once dead rows are a "
-        "quarter of the store. --drop-damaged first stops keeping the files with rows in "
+        "quarter of the store. A damaged store (see `store-info --verify`) is refused in "
+        "one line; --drop-damaged first stops keeping the files with rows in "
         "damaged chunks (missing, not decoding, not matching their checksum: see "
         "`store-info --verify`), so their rows are dropped too and the next precompute "
         "computes those files again.",
@@ -30,13 +31,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from audio_wgan.cli import UserError
-    from storage.mel_store import MelStore, StoreError, disk_bytes, safe_text, to_json
+    from storage.mel_store import (
+        MelStore,
+        StoreError,
+        disk_bytes,
+        safe_text,
+        to_json,
+        verify_summary,
+    )
     from storage.store_writer import MelStoreWriter
 
     damage: dict = {"damaged_chunks": [], "requeued": []}
     try:
-        # a one-line error for anything but a store (damage is what --drop-damaged is for)
-        MelStore.open(args.store, check=not args.drop_damaged).close()
+        # a one-line error for anything but a store, or for a damaged one (every chunk is
+        # decoded and checked: what --drop-damaged is for)
+        with MelStore.open(args.store, check=not args.drop_damaged) as st:
+            verified = st.verify() if not args.drop_damaged else {"ok": True}
+        if not verified["ok"]:
+            raise StoreError(verify_summary(args.store, verified))
         bytes_before = disk_bytes(args.store)
         with MelStoreWriter.create_or_open(args.store, check=not args.drop_damaged) as w:
             if args.drop_damaged:

@@ -109,6 +109,9 @@ def test_garbage_and_swapped_chunks(tmp_path: Path, capsys: pytest.CaptureFixtur
         ("mels", 1, "does not match its checksum"), ("mels", 2, "does not decode")]
     assert v["files"] == ["b/1.wav", "c/2.wav", "d/3.wav"]
     assert "and 1 more chunk(s)" in out.err.strip().splitlines()[-1]
+    assert main(["compact", str(store)]) == 2  # compaction says so too, and changes nothing
+    assert "chunk 1 of mels (rows" in last_err_line(capsys)
+    assert read_manifest(store).generation == 0
 
 
 def test_compact_drop_damaged_keeps_the_intact_files_and_requeues_the_rest(

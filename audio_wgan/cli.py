@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
+        fail("audio-wgan: error: a command is required (see the list above)")
         return 2
     try:
         return int(args.func(args) or 0)

@@ -8,18 +8,23 @@ the model is loaded or served (`pip install -e .`), e.g.
 
 A request is checked as a whole before any clip is made: every row against `ClipRequest`
 (types strict, the CLI's ranges from `gan.limits`), then the request's total against the
-clip and sample budgets, so one request cannot ask for unbounded time or memory.
+clip and sample budgets, so one request cannot ask for unbounded time or memory; a
+per-second sample budget (a token bucket per serving process) answers HTTP 429 beyond it.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_EXHAUSTED
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gan.limits import CLIPS, SEED
@@ -31,6 +36,42 @@ MAX_REQUEST_CLIPS = CLIPS.hi  # clips of all rows together: the same cap as one 
 # audio samples plus returned mel values of all rows together (~128 MiB of float32): 512
 # clips of the seed's 2.97 s at 22.05 kHz fit, with their mels they do not
 MAX_REQUEST_SAMPLES = 1 << 25
+# samples per second one serving process makes (a token bucket holding one full request):
+# set AUDIO_WGAN_SERVE_SAMPLES_PER_S lower to share a machine; refusals are HTTP 429
+SAMPLES_PER_S_ENV = "AUDIO_WGAN_SERVE_SAMPLES_PER_S"
+
+
+class OverBudget(Exception):
+    """A request the per-second budget cannot serve now; the message says when it can."""
+
+
+class SampleBudget:
+    """Token bucket: `rate` samples per second, at most `burst` saved up. The clock is a
+    parameter so that a test can step it instead of sleeping."""
+
+    def __init__(self, rate: float, burst: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = float(rate), float(burst), clock
+        self.tokens, self.stamp = float(burst), clock()
+
+    @classmethod
+    def from_env(cls) -> SampleBudget:
+        try:
+            rate = float(os.environ.get(SAMPLES_PER_S_ENV, MAX_REQUEST_SAMPLES))
+        except ValueError:
+            rate = MAX_REQUEST_SAMPLES
+        rate = rate if math.isfinite(rate) and rate > 0 else MAX_REQUEST_SAMPLES
+        return cls(rate, max(rate, MAX_REQUEST_SAMPLES))
+
+    def take(self, n: int) -> None:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if n > self.tokens:
+            wait = (n - self.tokens) / self.rate
+            raise OverBudget(f"over this server's budget of {self.rate:.0f} samples/s: the "
+                             f"request needs {n}; retry in {wait:.1f} s")
+        self.tokens -= n
 
 
 class ClipRequest(BaseModel):
@@ -77,7 +118,8 @@ def _plain(row: dict[Any, Any]) -> dict[Any, Any]:
 
 def parse_request(model_input: Any, samples_per_clip: int, mel_values: int
                   ) -> list[ClipRequest]:
-    """Every row validated, then the request's totals checked against the budgets."""
+    """Every row validated, then the request's totals checked against the budgets
+    (`request_samples` gives the total that the per-second budget is charged)."""
     reqs = []
     for i, row in enumerate(_records(model_input)):
         try:
@@ -88,12 +130,17 @@ def parse_request(model_input: Any, samples_per_clip: int, mel_values: int
     if clips > MAX_REQUEST_CLIPS:
         raise ValueError(f"the request asks for {clips} clips; at most {MAX_REQUEST_CLIPS} "
                          f"per request (split it)")
-    values = sum(r.count * (samples_per_clip + (mel_values if r.return_mel else 0))
-                 for r in reqs)
+    values = request_samples(reqs, samples_per_clip, mel_values)
     if values > MAX_REQUEST_SAMPLES:
         raise ValueError(f"the request asks for {values} samples; at most "
                          f"{MAX_REQUEST_SAMPLES} per request (fewer clips, or no mels)")
     return reqs
+
+
+def request_samples(reqs: list[ClipRequest], samples_per_clip: int, mel_values: int) -> int:
+    """Audio samples plus returned mel values of all rows together."""
+    return sum(r.count * (samples_per_clip + (mel_values if r.return_mel else 0))
+               for r in reqs)
 
 
 class AudioWGANModel(mlflow.pyfunc.PythonModel):
@@ -101,10 +148,12 @@ class AudioWGANModel(mlflow.pyfunc.PythonModel):
 
     bundle: GeneratorBundle
     inverter: MelInverter
+    budget: SampleBudget
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.bundle = load_bundle_dir(context.artifacts["bundle"])
         self.inverter = MelInverter(self.bundle.mel)
+        self.budget = SampleBudget.from_env()
 
     # pd.DataFrame is a hint MLflow derives no schema from: the signature logged with the
     # model (storage.registry.model_signature) is the contract; lists of dicts work too
@@ -117,6 +166,8 @@ class AudioWGANModel(mlflow.pyfunc.PythonModel):
             return self._predict(model_input)
         except (ValueError, TypeError) as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from exc
+        except OverBudget as exc:
+            raise MlflowException(str(exc), error_code=RESOURCE_EXHAUSTED) from exc
 
     def _predict(self, model_input: Any) -> pd.DataFrame:
         mel = self.bundle.mel
@@ -125,6 +176,7 @@ class AudioWGANModel(mlflow.pyfunc.PythonModel):
             if r.class_name not in self.bundle.class_names:
                 raise ValueError(f"unknown class {r.class_name[:200]!r}; the model knows "
                                  f"{self.bundle.class_names}"[:500])
+        self.budget.take(request_samples(reqs, mel.segment_samples, mel.n_mels * mel.frames))
         out: list[dict[str, Any]] = []
         for r in reqs:
             waves, db = synthesise(self.bundle, r.class_name, r.count, r.seed, self.inverter)

@@ -171,3 +171,36 @@ def test_dataframe_gaps_and_numpy_types_are_taken(model) -> None:
     out = model.predict(None, df)
     assert list(out["class"]) == ["beep", "beep", "hum"]
     assert list(out["seed"]) == [7, 7, 0] and list(out["index"]) == [0, 1, 0]
+
+
+def test_per_second_budget_refuses_then_refills(model) -> None:
+    """A token bucket per serving process; stepped by a fake clock, never by sleeping."""
+    from mlflow.exceptions import MlflowException
+
+    from storage.pyfunc_generator import SampleBudget
+
+    now = [100.0]
+    per_clip = model.bundle.mel.segment_samples
+    saved = model.budget
+    model.budget = SampleBudget(rate=2 * per_clip, burst=2 * per_clip, clock=lambda: now[0])
+    try:
+        assert len(model.predict(None, [{"class": "beep", "count": 2}])) == 2
+        with pytest.raises(MlflowException) as err:
+            model.predict(None, [{"class": "beep", "count": 1}])
+        assert err.value.error_code == "RESOURCE_EXHAUSTED"
+        assert err.value.get_http_status_code() == 429
+        assert "retry in 0.5 s" in err.value.message
+        now[0] += 0.5  # half a second refills one clip's samples
+        assert len(model.predict(None, [{"class": "beep", "count": 1}])) == 1
+    finally:
+        model.budget = saved
+
+
+def test_per_second_budget_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage.pyfunc_generator import MAX_REQUEST_SAMPLES, SAMPLES_PER_S_ENV, SampleBudget
+
+    monkeypatch.setenv(SAMPLES_PER_S_ENV, "1000")
+    b = SampleBudget.from_env()
+    assert b.rate == 1000 and b.burst == MAX_REQUEST_SAMPLES  # one full request still fits
+    monkeypatch.setenv(SAMPLES_PER_S_ENV, "-3")
+    assert SampleBudget.from_env().rate == MAX_REQUEST_SAMPLES

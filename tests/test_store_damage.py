@@ -193,10 +193,11 @@ def test_training_refuses_a_store_with_a_lost_chunk(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("prefect_harness")
-def test_train_and_evaluate_refuse_a_store_with_a_garbage_chunk(
+def test_train_refuses_a_garbage_chunk_and_compact_then_precompute_repair_it(
         tmp_path: Path, mlflow_uri: str, write_tone, capsys: pytest.CaptureFixture[str]) -> None:
     """Garbage in a chunk (present, so the open check passes): training ends in one line
-    naming the chunk, exit 2, instead of a Blosc traceback or training on zeros."""
+    naming the chunk, exit 2, instead of a Blosc traceback or training on zeros; then
+    `compact --drop-damaged` + precompute give the store an uninterrupted run makes."""
     from audio_wgan.cli import main
     from flows.precompute import precompute
 
@@ -204,8 +205,9 @@ def test_train_and_evaluate_refuse_a_store_with_a_garbage_chunk(
         write_tone(f"c{i % 2}/t{i}.wav", seconds=0.5, sr=8000, freq=300 + 90 * i,
                    root=tmp_path / "d")
     store = tmp_path / "s"
-    precompute(str(tmp_path / "d"), str(store), mel={"sample_rate": 8000, "n_fft": 256,
-               "hop_length": 64, "n_mels": 32, "frames": 32})
+    mel = {"sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32, "frames": 32}
+    precompute(str(tmp_path / "d"), str(store), mel=mel)
+    precompute(str(tmp_path / "d"), str(tmp_path / "clean"), mel=mel)
     chunk_file(store, "mels", 0).write_bytes(b"\x02\x01garbage" * 64)
     code = main(["train", "--store", str(store), "--preset", "tiny", "--epochs", "1",
                  "--checkpoint-dir", str(tmp_path / "ck"), "--no-register", "--quiet"])
@@ -213,3 +215,12 @@ def test_train_and_evaluate_refuse_a_store_with_a_garbage_chunk(
     assert code == 2, line
     assert line.startswith("audio-wgan train: error:") and "chunk 0 of mels" in line
     assert "does not decode" in line
+    # repaired: the damaged rows dropped, their files computed again by the next precompute
+    assert main(["compact", str(store), "--drop-damaged"]) == 0
+    assert "6 file(s) re-queued" in capsys.readouterr().out
+    again = precompute(str(tmp_path / "d"), str(store), mel=mel)
+    assert again["added_files"] == 6
+    with MelStore.open(store) as st, MelStore.open(tmp_path / "clean") as ref:
+        assert st.fingerprint == ref.fingerprint and st.verify()["ok"]
+        np.testing.assert_array_equal(st.load()[0], ref.load()[0])
+        assert st.info()["requeued"] == []

@@ -130,14 +130,11 @@ def check_mel(mel: dict[str, Any]) -> None:
     precompute accepts is one `train` accepts too. For a new store: the defaults fill the
     rest; a store that exists keeps its own configuration (the flow refuses another)."""
     from audio_wgan.cli import UserError
-    from gan.limits import check_mel_size
-    from gan.models import check_shape
+    from gan.limits import check_trainable_mel
     from gan.spectral import MelConfig
 
     try:
-        cfg = MelConfig(**mel)
-        check_mel_size(cfg)
-        check_shape(cfg.n_mels, cfg.frames)
+        check_trainable_mel(MelConfig(**mel))
     except (ValueError, TypeError) as exc:
         raise UserError(f"mel configuration refused: {' '.join(str(exc).split())}") from None
 

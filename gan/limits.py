@@ -83,3 +83,13 @@ def check_mel_size(mel: object) -> None:
     if samples > MAX_EXAMPLE_SAMPLES:
         raise RangeError(f"one example would be {samples} samples, above the ceiling "
                          f"{MAX_EXAMPLE_SAMPLES} (fewer frames or a shorter hop)")
+
+
+def check_trainable_mel(mel: object) -> None:
+    """ValueError unless a MelConfig is within the ceilings and has a shape the models
+    train on: what every edge that creates a store or loads a model checks, so that a
+    configuration precompute accepts is one `train` accepts too."""
+    from gan.presets import check_shape  # pure data, no torch
+
+    check_mel_size(mel)
+    check_shape(mel.n_mels, mel.frames)  # type: ignore[attr-defined]

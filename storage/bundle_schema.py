@@ -29,8 +29,8 @@ from pydantic import (
 )
 from torch.overrides import TorchFunctionMode
 
-from gan.limits import EPOCH, check_mel_size
-from gan.models import PRESETS, Generator, check_shape, get_preset
+from gan.limits import EPOCH, check_trainable_mel
+from gan.models import PRESETS, Generator, get_preset
 from gan.spectral import LEGACY_POLICIES, MelConfig
 
 FORMAT_VERSION = 1
@@ -117,8 +117,7 @@ class BundleDoc(BaseModel):
         if (self.n_mels, self.frames) != (m.n_mels, m.frames):
             raise ValueError(f"n_mels/frames ({self.n_mels}x{self.frames}) differ from the "
                              f"mel config ({m.n_mels}x{m.frames})")
-        check_mel_size(m)
-        check_shape(m.n_mels, m.frames)
+        check_trainable_mel(m)
         for name in ("norm_mean", "norm_std"):
             if len(getattr(self, name)) != m.n_mels:
                 raise ValueError(f"{name} has {len(getattr(self, name))} values for "

@@ -1,6 +1,7 @@
 """Read side of the Zarr v3 log-mel store that precompute writes and training reads.
 
-Layout of `<store>/` (a Zarr v3 group):
+Layout of `<store>/` (a Zarr v3 group; chunking and codecs in `storage.store_layout`, which
+the writer imports too):
 
 - `mels`    float16 (rows, n_mels, frames), chunked along rows in >= 1 MiB blocks,
             Blosc/Zstd (level 1) with byte shuffle;
@@ -10,8 +11,9 @@ Layout of `<store>/` (a Zarr v3 group):
             stored float16 values and of their squares, so the normalisation statistics
             of any set of live rows cost a small read instead of a pass over every mel;
 - `manifest.json` the committed manifest (see `storage.store_manifest`): which physical
-  rows are live, the mel config, class names, files with hashes, rejected files and the
-  normalisation statistics. The group attributes mirror it for other Zarr tools.
+  rows are live, the mel config, class names, files with hashes, rejected files, the
+  normalisation statistics and a checksum per chunk. The group attributes mirror it for
+  other Zarr tools.
 
 Rows are append-only: a replaced or deleted source file's rows become dead (no longer owned
 by the manifest) but are never rewritten, so a reader is safe while a writer appends.
@@ -19,7 +21,9 @@ Compaction drops dead rows by copying the live ones into a new generation of the
 (`gen<g>/`, see `storage.store_generations`); an open `MelStore` holds a lease on its
 generation, so the arrays it reads are not deleted under it.
 Live rows are served in canonical order (source path, then offset), which does not depend
-on the order or the interruptions in which the store was built.
+on the order or the interruptions in which the store was built. A lost chunk is refused at
+open and a chunk that does not decode at read, in one line naming the array and rows
+(`storage.store_integrity`); `verify` also checks every chunk against its checksum.
 """
 
 from __future__ import annotations
@@ -154,6 +158,8 @@ class MelStore:
 
     # ---------------------------------------------------------------- damage
     def _arrays(self) -> dict[str, zarr.Array]:
+        if isinstance(self._mels, _Closed):
+            raise StoreError(f"store {self.path} was closed")
         prefix = generation_prefix(self.manifest.generation)
         return {name: self._group[prefix + name] for name in ARRAY_NAMES}
 

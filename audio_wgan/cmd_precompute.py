@@ -10,7 +10,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from audio_wgan.params import output_dir
+from audio_wgan.params import output_dir, ranged
+from gan.limits import BATCH_FILES, WORKERS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     mel.add_argument("--pad-policy", choices=("noise", "loop", "zero-end"),
                      help="clips shorter than one example: noise (default; padded with the "
                      "clip's own noise floor), loop (repeated) or zero-end (zero-padded)")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="threads or worker processes (default: one per core)")
+    p.add_argument("--workers", type=ranged(WORKERS, "--workers"), metavar="N",
+                   help=f"threads or worker processes, 1..{WORKERS.hi} (default: one per "
+                   "core)")
     p.add_argument("--pool", choices=("threads", "processes", "dask"), default="threads",
                    help="run files on threads (default; no start-up cost), on worker "
                    "processes (free of the GIL; each takes ~1.5 s to start, so for large "
@@ -58,8 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", metavar="DEV",
                    help="where the mel runs: auto (a CUDA GPU when present), cpu, cuda, "
                    "cuda:N (default auto)")
-    p.add_argument("--batch-size", type=int, default=256, metavar="N",
-                   help="files per write batch, at most 32 MB of rows (default 256)")
+    p.add_argument("--batch-size", type=ranged(BATCH_FILES, "--batch-size"), default=256,
+                   metavar="N", help=f"files per write batch, 1..{BATCH_FILES.hi}, at most "
+                   "32 MB of rows (default 256)")
     p.add_argument("--compact", choices=("auto", "always", "never"), default="auto",
                    help="drop the rows of replaced or deleted files by rewriting the live "
                    "ones: auto (once they are a quarter of the store and fill a chunk), "
@@ -83,10 +86,6 @@ def run(args: argparse.Namespace) -> int:
     from storage.mel_store import StoreError, safe_text, to_json
     from tasks.precompute import PrecomputeError, progress_listener
 
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    if args.workers is not None and args.workers < 1:
-        raise UserError("--workers must be at least 1")
     if args.dask_address is not None and args.pool != "dask":
         raise UserError("--dask-address needs --pool dask")
     if args.dask_address is not None and args.workers is not None:

@@ -144,3 +144,17 @@ def test_check_output_dir_names_what_is_in_the_way(a_file: Path, tmp_path: Path)
     link.symlink_to(tmp_path / "nowhere")
     with pytest.raises(OutputPathError, match="is a broken link"):
         check_output_dir(link / "ck", "--checkpoint-dir")
+
+
+@pytest.mark.parametrize("extra, reason", [
+    (["--workers", "1000000000"], "argument --workers: must be between 1 and 1024"),
+    (["--workers", "0"], "argument --workers: must be between 1 and 1024"),
+    (["--batch-size", str(10**12)], "argument --batch-size: must be between 1 and 65536"),
+])
+def test_precompute_pool_ranges(extra: list[str], reason: str, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    (data / "c").mkdir(parents=True)
+    line = refused(capsys, ["precompute", str(data), "--store", str(tmp_path / "s"), *extra],
+                   tmp_path)
+    assert line == f"audio-wgan precompute: error: {reason}, not {extra[1]}", line

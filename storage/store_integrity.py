@@ -13,6 +13,7 @@ presence and decoding only.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import zlib
@@ -70,10 +71,20 @@ def _chunk_path(arr: zarr.Array, i: int) -> str:
 
 def chunk_exists(arr: zarr.Array, i: int) -> bool:
     """Whether chunk `i` (along the rows) is stored; a stat on a local store."""
-    key = _chunk_path(arr, i)
+    return chunks_exist(arr, [i])[0]
+
+
+def chunks_exist(arr: zarr.Array, chunk_ids: list[int]) -> list[bool]:
+    """Whether each chunk is stored: a stat each on a local store, concurrent requests on
+    any other (an object store)."""
+    keys = [_chunk_path(arr, int(i)) for i in chunk_ids]
     if isinstance(arr.store, LocalStore):
-        return os.path.isfile(os.path.join(arr.store.root, key))
-    return bool(sync(arr.store.exists(key)))
+        return [os.path.isfile(os.path.join(arr.store.root, k)) for k in keys]
+
+    async def exist_all() -> list[bool]:
+        return list(await asyncio.gather(*(arr.store.exists(k) for k in keys)))
+
+    return [bool(x) for x in sync(exist_all())]
 
 
 def damage_error(arr: zarr.Array, d: Damage) -> StoreError:
@@ -91,8 +102,9 @@ def _damage(arr: zarr.Array, i: int, problem: str) -> Damage:
 
 def require_chunks(arr: zarr.Array, chunk_ids: Any) -> None:
     """StoreError (one line) for the first of `chunk_ids` that is not stored."""
-    for i in chunk_ids:
-        if not chunk_exists(arr, int(i)):
+    ids = [int(i) for i in chunk_ids]
+    for i, there in zip(ids, chunks_exist(arr, ids), strict=True):
+        if not there:
             raise damage_error(arr, _damage(arr, i, "is missing"))
 
 

@@ -224,3 +224,20 @@ def test_train_refuses_a_garbage_chunk_and_compact_then_precompute_repair_it(
         assert st.fingerprint == ref.fingerprint and st.verify()["ok"]
         np.testing.assert_array_equal(st.load()[0], ref.load()[0])
         assert st.info()["requeued"] == []
+
+
+def test_chunk_checks_on_a_store_that_is_not_a_local_directory() -> None:
+    """Presence is asked of the Zarr store itself (concurrently), so object stores work."""
+    import zarr
+    from zarr.core.sync import sync
+
+    from storage.store_integrity import chunks_exist, read_checked
+
+    mem = zarr.storage.MemoryStore()
+    arr = zarr.create_array(mem, name="mels", shape=(30, 2), chunks=(10, 2), dtype="float32")
+    arr[:] = np.arange(60, dtype=np.float32).reshape(30, 2)
+    sync(mem.delete("mels/c/1/0"))
+    assert chunks_exist(arr, [0, 1, 2]) == [True, False, True]
+    np.testing.assert_array_equal(read_checked(arr, np.array([0, 25])), [[0, 1], [50, 51]])
+    with pytest.raises(StoreError, match=r"chunk 1 of mels \(rows 10-19\) is missing"):
+        read_checked(arr, np.array([0, 15]), dense=True)

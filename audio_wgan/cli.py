@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         fail("audio-wgan: error: a command is required (see the list above)")
         return 2
     try:
+        if args.command in PREFECT_COMMANDS:
+            check_prefect_api()
         return int(args.func(args) or 0)
     except UserError as exc:
         fail(f"audio-wgan {args.command}: error: {exc}")
@@ -78,6 +80,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         fail(f"audio-wgan {args.command}: interrupted")
         return 130
+
+
+PREFECT_COMMANDS = frozenset({"precompute", "train", "run"})  # the commands that run flows
+
+
+def check_prefect_api() -> None:
+    """A PREFECT_API_URL that does not answer is one line before the flow starts (Prefect
+    raises it from deep in its engine, as a traceback). Unset, Prefect starts its own."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+    if problem is not None:
+        raise UserError(f"the Prefect API at {url} does not answer "
+                        f"({type(problem).__name__}); start that server or unset "
+                        f"PREFECT_API_URL")
 
 
 def fail(line: str) -> None:

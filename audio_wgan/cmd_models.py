@@ -23,13 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from audio_wgan.cli import UserError
-    from storage.registry import RegistryError, list_versions
+    from storage.registry import RegistryError, list_versions, tracking_uri
 
     try:
         rows = list_versions(args.name)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
+    except (MlflowException, OSError) as exc:  # a tracking URI that cannot be used
+        text = " ".join(str(getattr(exc, "message", None) or exc).split())[:300]
+        raise UserError(f"cannot read the registry at {tracking_uri()}: {text}") from None
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0

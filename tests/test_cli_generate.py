@@ -91,3 +91,13 @@ def test_models_lists_versions(tmp_path, registered, capsys):
     assert "v2" in text and "candidate" in text and "champion" in text
     assert main(["models", "--name", "nope"]) == 2
     assert "no registered model named 'nope'" in capsys.readouterr().err
+
+
+def test_models_with_an_unusable_tracking_uri_is_one_line(tmp_path, monkeypatch, capsys):
+    from hostile_checks import refused
+
+    uri = (tmp_path / "mlruns").as_uri()  # MLflow's file store refuses to be used
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    line = refused(capsys, ["models"], tmp_path)
+    assert line.startswith(f"audio-wgan models: error: cannot read the registry at {uri}: ")

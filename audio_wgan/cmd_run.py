@@ -10,7 +10,7 @@ import argparse
 import os
 import time
 
-from audio_wgan.params import add_seed
+from audio_wgan.params import add_seed, output_dir
 from flows.defaults import (
     CHECKPOINT_DIR,
     DEMO_DATA_DIR,
@@ -50,10 +50,17 @@ def run(args: argparse.Namespace) -> int:
     from audio_wgan.cli import UserError
     from audio_wgan.cmd_train import quiet_run_failures
     from flows.retrain import retrain
+    from flows.train import validate_params
     from storage.registry import tracking_uri
 
-    if args.epochs < 1:
-        raise UserError("--epochs must be at least 1")
+    try:  # the training knobs, before demo data and precompute take minutes
+        validate_params({"store": args.store, "preset": args.preset, "epochs": args.epochs,
+                         "batch_size": args.batch_size, "sample_every": args.sample_every,
+                         "seed": args.seed, "model_name": args.model_name})
+    except ValueError as exc:  # TrainingError: one line naming the parameter
+        raise UserError(str(exc)) from None
+    output_dir(args.store, "--store")
+    output_dir(CHECKPOINT_DIR, "checkpoint folder")
     quiet_run_failures()
     t0 = time.monotonic()
     try:

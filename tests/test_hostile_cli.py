@@ -158,3 +158,21 @@ def test_precompute_pool_ranges(extra: list[str], reason: str, tmp_path: Path,
     line = refused(capsys, ["precompute", str(data), "--store", str(tmp_path / "s"), *extra],
                    tmp_path)
     assert line == f"audio-wgan precompute: error: {reason}, not {extra[1]}", line
+
+
+@pytest.mark.parametrize("extra, reason", [
+    (["--sample-every", "0"], "invalid sample_every: Input should be greater than or equal"),
+    (["--epochs", "0"], "invalid epochs: Input should be greater than or equal to 1"),
+    (["--batch-size", "100000"], "invalid batch_size: Input should be less than or equal"),
+    (["--model-name", "a'b"], "invalid model_name: String should match pattern"),
+])
+def test_run_checks_training_knobs_before_the_pipeline(extra: list[str], reason: str,
+                                                       tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """`run` writes demo data and precomputes before training: its training knobs are
+    checked (with the train flow's own parameter model) before any of that."""
+    data, store = tmp_path / "demo", tmp_path / "s.zarr"
+    line = refused(capsys, ["run", "--data-dir", str(data), "--store", str(store), *extra],
+                   tmp_path)
+    assert reason in line, line

@@ -15,6 +15,7 @@ a tampered folder. Loading it goes through three gates, each with a one-line rea
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Annotated, Any
 
@@ -90,8 +91,12 @@ class BundleDoc(BaseModel):
     @field_validator("mel", mode="before")
     @classmethod
     def _legacy_policies(cls, v: Any) -> Any:
-        # a bundle written before a policy existed used the old one (MelConfig.from_dict)
-        return {**LEGACY_POLICIES, **v} if isinstance(v, dict) else v
+        # as MelConfig.from_dict reads a saved config: a policy it does not name is the one
+        # used before the policy existed, a field this version no longer has is dropped
+        if not isinstance(v, dict):
+            return v
+        names = {f.name for f in dataclasses.fields(MelConfig)}
+        return {**LEGACY_POLICIES, **{k: x for k, x in v.items() if k in names}}
 
     @field_validator("class_names")
     @classmethod

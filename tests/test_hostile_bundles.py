@@ -194,3 +194,21 @@ def test_finite_weights_that_compute_nan_are_refused(good_bundle: Path, tmp_path
     line = refused(capsys, ["generate", "--model", str(d), "--class", "beep", "--out",
                             str(out)], out, d)
     assert "the generator computes non-finite values" in line, line
+
+
+def test_older_bundle_mel_configs_still_load(good_bundle: Path, tmp_path: Path) -> None:
+    """A model.json from before the pad/tail policies (and with a field this version no
+    longer has) reads as MelConfig.from_dict reads a store's config."""
+    from gan.spectral import LEGACY_POLICIES
+
+    d = tmp_path / "bundle"
+    shutil.copytree(good_bundle, d)
+
+    def old(doc: dict) -> None:
+        for k in LEGACY_POLICIES:
+            doc["mel"].pop(k, None)
+        doc["mel"]["retired_field"] = 1
+
+    _doc(d, old)
+    mel = load_bundle_dir(d).mel
+    assert {k: getattr(mel, k) for k in LEGACY_POLICIES} == LEGACY_POLICIES

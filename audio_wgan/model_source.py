@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -19,12 +20,21 @@ def load_model_bundle(uri: str) -> Any:
     from storage.registry import RegistryError, load_bundle
 
     try:
-        return load_bundle(check_model_uri(uri))
+        checked = check_model_uri(uri)
     except ModelUriError as exc:
         raise UserError(str(exc)) from None
-    except (RegistryError, BundleError, FileNotFoundError, MlflowException, OSError,
-            ValueError) as exc:
-        # OSError covers a registry or artifact store that cannot be reached
+    # a registry or artifact store can fail in its client's own ways (botocore's
+    # NoCredentialsError, a missing google-cloud package, a refused connection): for a
+    # remote URI any of them is the reason the model cannot be had
+    remote = not Path(checked).is_dir()
+    expected: tuple[type[BaseException], ...] = (
+        (Exception,) if remote else
+        (RegistryError, BundleError, FileNotFoundError, MlflowException, OSError, ValueError))
+    try:
+        return load_bundle(checked)
+    except expected as exc:
         text = " ".join(str(getattr(exc, "message", None) or exc).split())
-        reason = text[:300] if text else type(exc).__name__
-        raise UserError(f"cannot load model {uri[:200]}: {reason}") from None
+        reason = f"{type(exc).__name__}: {text}" if remote and not isinstance(
+            exc, RegistryError | BundleError | MlflowException) else text
+        raise UserError(f"cannot load model {uri[:200]}: "
+                        f"{reason[:300] or type(exc).__name__}") from None

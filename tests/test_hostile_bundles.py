@@ -155,9 +155,16 @@ def test_untouched_bundle_still_generates(good_bundle: Path, tmp_path: Path,
     ("runs:/", "is not supported"),
     ("no/such/folder", "no such folder"),
     ("", "is empty or malformed"),
+    # accepted forms whose store client fails its own way (botocore, before any network)
+    ("s3://", "cannot load model s3://: ParamValidationError: "),
+    ("models:/no-such-model@champion", "cannot load model models:/no-such-model@champion: "),
 ])
-def test_model_uri_forms_refused_before_mlflow(uri: str, reason: str, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_uri_refused_in_one_line(uri: str, reason: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from registry_fixtures import fresh_mlflow
+
+    fresh_mlflow(tmp_path, monkeypatch)
     out = tmp_path / "out"
     line = refused(capsys, ["generate", "--model", uri, "--class", "x", "--out", str(out)],
                    out)

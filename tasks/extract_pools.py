@@ -14,9 +14,9 @@ A Dask cluster (`distributed`, the `scale` extra) is either a LocalCluster of wo
 processes this run starts or an existing one (`address`); `Client.get_executor()` gives
 ordinary futures, so the precompute loop consumes them as it does the pools'. Its
 scheduler re-runs the work of a worker that died on another one; a job whose workers died
-`allowed-failures` + 1 times comes back as KilledWorker, and only that job is lost (the
-cluster goes on). The workers read the source files themselves, at the paths the scan
-found: DATA_DIR must be at the same path on every worker.
+`allowed-failures` + 1 times comes back as KilledWorker (the cluster goes on). The workers
+read the source files themselves, at the paths the scan found: DATA_DIR must be at the
+same path on every worker.
 
 No Prefect here: a spawned worker imports only this module and what it needs.
 """
@@ -55,12 +55,8 @@ FileJob = tuple[str, str, str, int, int, str | None]
 
 
 class JobLost(Exception):
-    """A job's worker died: with `whole_pool`, every job in flight is lost with it (a
-    process pool breaks), else only this one (a Dask cluster goes on)."""
-
-    def __init__(self, whole_pool: bool) -> None:
-        super().__init__("worker died")
-        self.whole_pool = whole_pool
+    """A job's worker died (a process pool breaks with it; on Dask, the job's workers died
+    allowed-failures + 1 times)."""
 
 
 class SourceMissingOnWorker(PrecomputeError):
@@ -113,7 +109,7 @@ class ProcessRunner:
         try:
             return future.result()
         except BrokenProcessPool:
-            raise JobLost(whole_pool=True) from None
+            raise JobLost from None
 
     def restart(self) -> None:
         """A fresh pool after a worker died (which breaks the whole pool)."""
@@ -139,12 +135,21 @@ class DaskRunner:
 
         self._cluster: LocalCluster | None = None
         self._client: Client
+        self._config = contextlib.ExitStack()
         if address is None:
-            with dask.config.set({"distributed.scheduler.allowed-failures":
-                                  DASK_ALLOWED_FAILURES}):
+            # held while the cluster lives: the cluster reads lost-worker-timeout whenever a
+            # worker is lost, and by default drops a worker whose nanny has not restarted
+            # it within 15 s (a busy machine) for good, which can leave no worker at all
+            self._config.enter_context(dask.config.set({
+                "distributed.scheduler.allowed-failures": DASK_ALLOWED_FAILURES,
+                "distributed.deploy.lost-worker-timeout": "1 day"}))
+            try:
                 self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
                                              processes=True, host="127.0.0.1",
                                              dashboard_address=None)
+            except BaseException:
+                self._config.close()
+                raise
             self._client = Client(self._cluster)
         else:
             try:
@@ -166,16 +171,17 @@ class DaskRunner:
         try:
             return future.result()
         except KilledWorker:
-            raise JobLost(whole_pool=False) from None
+            raise JobLost from None
 
     def restart(self) -> None:
-        raise AssertionError("a Dask cluster loses single jobs, not the pool")
+        """Nothing to do: the cluster goes on (its nannies restart dead workers)."""
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
         self._client.close()
         if self._cluster is not None:
             self._cluster.close()
+        self._config.close()
 
 
 def dask_available() -> bool:

@@ -260,7 +260,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
             except SourceMissingOnWorker:
                 writer.commit()  # the rows appended so far are whole: keep them
                 raise
-            except JobLost as loss:
+            except JobLost:
                 deaths += 1
                 if deaths > MAX_WORKER_DEATHS:
                     writer.commit()  # the rows appended so far are whole: keep them
@@ -268,24 +268,21 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
                         f"{runner.noun} keep dying (killed or out of memory?) after "
                         f"{res.processed} files, which are kept; re-run to go on, or use "
                         f"--pool threads") from None
-                if not loss.whole_pool and not alone:
-                    # only this job is lost (Dask): its files again, each alone, in place
-                    jobs.extendleft(reversed([(runner.submit([j]), [j], True) for j in job]))
-                    in_flight += len(job)
+                # every job in flight is run again, one file at a time and in order, so
+                # that a death names its file (with processes they all failed with the
+                # pool; on Dask a worker's death also counts against the jobs queued on it
+                # beside the culprit), and outcomes keep the order of the other pools
+                lost = [] if alone else list(job)
+                for other_future, other, _ in jobs:
+                    other_future.cancel()
+                    lost += other
+                jobs.clear()
+                suspects.extendleft(reversed(lost))
+                in_flight = 0  # lost files are counted again when resubmitted
+                runner.restart()
+                if not alone:
+                    refill()
                     continue
-                if loss.whole_pool:
-                    # the pool is gone with the worker (processes): every job in flight
-                    # failed; they are re-run one at a time, so that a death names its file
-                    lost = [] if alone else job
-                    for _, other, _ in jobs:
-                        lost += other
-                    jobs.clear()
-                    suspects.extendleft(reversed(lost))
-                    in_flight = 0  # lost files are counted again when resubmitted
-                    runner.restart()
-                    if not alone:
-                        refill()
-                        continue
                 outs = [_worker_died(job[0])]
             for i, out in enumerate(outs):
                 nbytes = out.mels.nbytes if out.mels is not None else 0

@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"(projection critic + conditional BatchNorm; BENCHMARKS.md); default "
                    f"{DEFAULT_PRESET}")
     p.add_argument("--epochs", type=int, default=100, metavar="N", help="total epochs to reach")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train on N data-parallel ranks launched with torchrun (CUDA: one GPU "
+                   "per rank, NCCL; CPU: gloo); the effective batch is N x --batch-size "
+                   "(default 1: this process)")
     p.add_argument("--max-minutes", type=float, default=None, metavar="M",
                    help="stop at the first epoch boundary after M minutes of training, then "
                    "checkpoint, render and register as usual")
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             warm_start=args.warm_start, model_name=args.model_name,
             experiment=args.experiment, register=not args.no_register, device=args.device,
             memory_budget_mb=args.memory_budget_mb, show_progress=not args.quiet,
-            max_minutes=args.max_minutes)
+            max_minutes=args.max_minutes, nproc=args.nproc)
     except (TrainingError, CheckpointError, RegistryError, StoreError) as exc:
         lines = str(exc).strip().splitlines()
         raise UserError(lines[0] if lines else type(exc).__name__) from None

@@ -14,21 +14,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows.defaults import CHECKPOINT_DIR, EXPERIMENT, MODEL_NAME, STORE
 from gan.models import get_preset
-from gan.trainer import TimeBudget, TrainConfig
+from gan.trainer import TrainConfig
 from tasks import tracking
 from tasks.train import (
     TrainingError,
     checkpoint_meta,
     export_bundle_task,
     load_data_task,
-    next_render_epoch,
     prepare_trainer_task,
     register_model_task,
-    render_epoch_task,
     set_cpu_threads,
     start_progress,
-    train_block_task,
 )
+from tasks.train_run import RunPlan, train_blocks
 
 
 class TrainParams(BaseModel):
@@ -41,6 +39,8 @@ class TrainParams(BaseModel):
     epochs: int = Field(100, ge=1, le=1_000_000)
     # stop at the first epoch boundary after this many minutes of training (None: no limit)
     max_minutes: float | None = Field(None, gt=0, le=1_000_000)
+    # ranks of a data-parallel run under torchrun (1: this process alone)
+    nproc: int = Field(1, ge=1, le=64)
     batch_size: int = Field(64, ge=1, le=65536)
     seed: int = Field(0, ge=0, lt=2**63)
     checkpoint_dir: str = Field(CHECKPOINT_DIR, min_length=1)
@@ -74,6 +74,16 @@ class TrainParams(BaseModel):
         get_preset(v)  # ValueError names the known ones
         return v
 
+    def run_plan(self) -> RunPlan:
+        return RunPlan(
+            epochs=self.epochs, checkpoint_dir=self.checkpoint_dir,
+            sample_every=self.sample_every,
+            samples_dir=self.samples_dir or str(Path(self.checkpoint_dir).parent / "samples"),
+            render=self.render, render_per_class=self.render_per_class,
+            griffin_lim_iters=self.griffin_lim_iters, show_progress=self.show_progress,
+            max_minutes=self.max_minutes, nproc=self.nproc,
+            memory_budget_mb=self.memory_budget_mb, cpu_threads=self.cpu_threads)
+
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             preset=self.preset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -104,7 +114,8 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
           ema_decay: float = 0.999, amp: bool | None = None, bundle_dir: str | None = None,
           show_progress: bool = False, samples_dir: str | None = None, render: bool = True,
           render_per_class: int = 4, griffin_lim_iters: int = 32,
-          cpu_threads: int = 1, max_minutes: float | None = None) -> dict[str, Any]:
+          cpu_threads: int = 1, max_minutes: float | None = None,
+          nproc: int = 1) -> dict[str, Any]:
     """Train (or resume) to `epochs`, register the EMA generator; return a summary dict.
 
     Every `sample_every` epochs and at the end, the fixed latent grid is rendered with the EMA
@@ -115,7 +126,9 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
     a second OpenMP thread and lose up to 4x when the cores are shared (BENCHMARKS.md).
     `max_minutes` stops training at the first epoch boundary after that many minutes of
     training (wall clock, data loading excluded); the run then checkpoints, renders and
-    registers as usual.
+    registers as usual. `nproc` > 1 trains each block on that many ranks launched with
+    `torchrun --standalone` (DDP: NCCL and one GPU per rank on CUDA, gloo on the CPU); the
+    effective batch is nproc x batch_size.
     """
     p = validate_params(dict(locals()))
     cfg = p.train_config()
@@ -134,26 +147,10 @@ def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_si
     monitor = tracking.start_system_metrics(run_id)
     try:
         progress_id = start_progress(trainer.epoch, p.epochs)
-        blocks: list[dict[str, Any]] = []
-        history: list[dict[str, Any]] = []
-        samples: dict[str, Any] | None = None
-        samples_dir = p.samples_dir or str(Path(p.checkpoint_dir).parent / "samples")
-        budget = TimeBudget(p.max_minutes * 60.0) if p.max_minutes else None
-        stopped = False
         with tracking.MetricBatcher(run_id) as metrics:
-            while trainer.epoch < p.epochs and not stopped:
-                stop_at = next_render_epoch(trainer.epoch, p.sample_every)
-                block = train_block_task(trainer, data, p.epochs, p.checkpoint_dir, meta,
-                                         metrics, progress_id, p.show_progress,
-                                         stop_at=stop_at, budget=budget)
-                blocks.append(block)
-                history.extend(block["history"])
-                stopped = bool(block["stopped"])
-                due = (trainer.epoch % p.sample_every == 0 or trainer.epoch >= p.epochs
-                       or stopped)
-                if p.render and due:
-                    samples = render_epoch_task(trainer, data, samples_dir, history, run_id,
-                                                p.render_per_class, p.griffin_lim_iters)
+            run = train_blocks(trainer, data, start, meta, p.run_plan(), metrics, run_id,
+                               progress_id)
+        blocks, samples, stopped = run["blocks"], run["samples"], run["stopped"]
         if not blocks:  # already at the target: keep the latest checkpoint as the result
             blocks.append({"checkpoint": start.checkpoint, "epoch": trainer.epoch,
                            "step": trainer.step, "history": [], "last": {}})

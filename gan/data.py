@@ -16,6 +16,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from gan.distributed import SINGLE, World, shard
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -24,7 +26,7 @@ class TrainData(Protocol):
     """What `WGANTrainer.train_epoch` consumes."""
 
     def epoch_batches(self, epoch: int, batch_size: int, seed: int,
-                      device: torch.device) -> Iterator[Batch]: ...
+                      device: torch.device, world: World = SINGLE) -> Iterator[Batch]: ...
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -93,15 +95,12 @@ class ResidentData:
         return x, y
 
     def epoch_batches(self, epoch: int, batch_size: int, seed: int,
-                      device: torch.device) -> Iterator[Batch]:
+                      device: torch.device, world: World = SINGLE) -> Iterator[Batch]:
+        """The epoch's permutation (the same on every rank), this rank's shard of it."""
         x, y = self._on(device)
-        n = len(self)
         g = torch.Generator(device="cpu").manual_seed(epoch_seed(seed, epoch))
-        order = torch.randperm(n, generator=g)
-        bs = min(batch_size, n)
-        order = order.to(x.device)
-        for i in range(self.steps_per_epoch(batch_size)):
-            idx = order[i * bs:(i + 1) * bs]
+        order = torch.randperm(len(self), generator=g).to(x.device)
+        for idx in shard(order, batch_size, world):
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             yield (xb.to(device, non_blocking=True).float(),
                    yb.to(device, non_blocking=True))
@@ -120,10 +119,11 @@ class StreamingData:
 
     def __init__(self, batches_fn: Callable[[int], Iterable[tuple[ArrayLike, ArrayLike]]],
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 prefetch: int = 2) -> None:
+                 prefetch: int = 2, n_batches: int | None = None) -> None:
         self.batches_fn = batches_fn
         self.transform = transform
         self.prefetch = prefetch
+        self.n_batches = n_batches  # per epoch; needed to give every rank as many steps
 
     def _convert(self, xb: ArrayLike, yb: ArrayLike, device: torch.device) -> Batch:
         x = _as_x(xb)
@@ -137,8 +137,15 @@ class StreamingData:
         return x, y
 
     def epoch_batches(self, epoch: int, batch_size: int, seed: int,
-                      device: torch.device) -> Iterator[Batch]:
+                      device: torch.device, world: World = SINGLE) -> Iterator[Batch]:
+        """Rank r of R takes batches r, r + R, ... of the stream, as many on every rank."""
         source = iter(self.batches_fn(epoch))
+        if world.distributed:
+            if self.n_batches is None:
+                raise ValueError("streaming data on several ranks needs n_batches")
+            steps = max(1, self.n_batches // world.size)
+            source = (b for i, b in zip(range(steps * world.size), source, strict=False)
+                      if i % world.size == world.rank)
         if self.prefetch <= 0:
             for xb, yb in source:
                 yield self._convert(xb, yb, device)

@@ -121,13 +121,16 @@ class Generator(nn.Module):
         return OUTPUT_RANGE * torch.tanh(self.out(x) / OUTPUT_RANGE)
 
 
-def minibatch_stddev(x: torch.Tensor, group: int = MBSTD_GROUP) -> torch.Tensor:
+def minibatch_stddev(x: torch.Tensor, group: int = MBSTD_GROUP, split: int | None = None
+                     ) -> torch.Tensor:
     """x with one more channel: the mean std over contiguous groups of examples.
 
-    Groups are contiguous (examples i*g .. i*g+g-1), so a batch of real rows followed by
-    generated ones never mixes the two when each part is a multiple of the group size; the
-    group shrinks to the largest divisor of the batch that is <= `group`.
+    Groups are contiguous (examples i*g .. i*g+g-1) and shrink to the largest divisor of
+    the batch that is <= `group`. `split=b` computes the first b examples and the rest
+    apart, so real rows and generated ones scored in one call never share a group.
     """
+    if split is not None and 0 < split < x.shape[0]:
+        return torch.cat([minibatch_stddev(x[:split], group), minibatch_stddev(x[split:], group)])
     b, c, h, w = x.shape
     g = min(group, b)
     while b % g:
@@ -141,7 +144,9 @@ def minibatch_stddev(x: torch.Tensor, group: int = MBSTD_GROUP) -> torch.Tensor:
 class Critic(nn.Module):
     """(mel (B, 1, n_mels, frames), labels (B,)) -> score (B,). No normalisation layers (GP).
 
-    `forward(..., with_aux=True)` also returns the auxiliary class logits (AC-GAN presets).
+    `forward(..., with_aux=True)` also returns the auxiliary class logits (AC-GAN presets);
+    `split=b` keeps examples [:b] and [b:] apart in batch-coupled layers (minibatch stddev),
+    so real and generated rows can be scored in one call (one DDP forward per backward).
     """
 
     def __init__(self, n_classes: int, n_mels: int, frames: int, preset: Preset) -> None:
@@ -176,8 +181,8 @@ class Critic(nn.Module):
             self.proj = nn.Embedding(n_classes, c_last)
         self.aux = nn.Linear(c_last, n_classes) if preset.ac_weight > 0 else None
 
-    def forward(self, mel: torch.Tensor, labels: torch.Tensor, with_aux: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, mel: torch.Tensor, labels: torch.Tensor, with_aux: bool = False,
+                split: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = mel
         if self.cond == "concat":
             lmap = self.label_map(self.embed(labels)).view(-1, 1, self.n_mels, self.frames)
@@ -186,7 +191,7 @@ class Critic(nn.Module):
         if self.score is None:
             return h.flatten()
         if self.batch_coupled:
-            h = minibatch_stddev(h)
+            h = minibatch_stddev(h, split=split)
         h = self.head(h)
         feats = h.sum(dim=(2, 3))  # global sum pooling, as in the projection paper
         if self.cond == "concat":

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from gan.data import TrainData
 from gan.devices import resolve_device
+from gan.distributed import SINGLE, World
 from gan.ema import EMA
 from gan.losses import critic_loss, generator_loss, gradient_penalty, interpolate
 from gan.losses import wasserstein_estimate as w_estimate
@@ -36,6 +37,7 @@ from gan.models import PRESETS, build_models, get_preset
 
 STATE_FORMAT = 1
 MAX_SKIPPED_STEPS = 30  # fp16: consecutive overflow skips tolerated (scale / 2**30)
+RANK_SEED_STRIDE = 0x9E3779B97F4A7C15  # rank r's noise seed: seed + 1 + r * stride
 
 
 @dataclass
@@ -156,10 +158,12 @@ class WGANTrainer:
     epochs), step (generator steps), critic_step (critic steps).
     """
 
-    def __init__(self, cfg: TrainConfig, n_classes: int, n_mels: int, frames: int) -> None:
+    def __init__(self, cfg: TrainConfig, n_classes: int, n_mels: int, frames: int,
+                 world: World = SINGLE) -> None:
         self.cfg = cfg
+        self.world = world
         self.shape = {"n_classes": int(n_classes), "n_mels": int(n_mels), "frames": int(frames)}
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(world.device(cfg.device))
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         torch.manual_seed(cfg.seed)
@@ -172,6 +176,10 @@ class WGANTrainer:
         g, d = build_models(n_classes, n_mels, frames, preset)
         self.generator = g.to(self.device)
         self.critic = d.to(self.device)
+        # forward passes go through DDP when there are several ranks (gradients averaged,
+        # rank 0's BatchNorm buffers broadcast); attributes and state dicts are read from the
+        # bare modules, so checkpoints never hold "module." keys
+        self._g, self._d = self._parallel(self.generator), self._parallel(self.critic)
         self.ema = EMA(self.generator, cfg.ema_decay)
         # foreach Adam: one fused kernel launch per parameter list, deterministic on the CPU
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr,
@@ -192,11 +200,23 @@ class WGANTrainer:
                                            enabled=use_scaler)
         self._skipped = {"critic": 0, "generator": 0}  # consecutive fp16 steps skipped
 
-        # The trainer's own RNG for noise and penalty interpolation, on the training device.
-        self.rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        # The trainer's own RNG for noise and penalty interpolation, on the training device;
+        # each rank draws its own noise (rank 0's stream is the single-process one)
+        self.rng = torch.Generator(device=self.device).manual_seed(self._rank_seed())
         self.epoch = 0
         self.step = 0
         self.critic_step = 0
+
+    def _parallel(self, net: torch.nn.Module) -> torch.nn.Module:
+        if not self.world.distributed:
+            return net
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device] if self.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=ids)
+
+    def _rank_seed(self) -> int:
+        return (self.cfg.seed + 1 + self.world.rank * RANK_SEED_STRIDE) % 2**63
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -218,29 +238,27 @@ class WGANTrainer:
     # -- one step of each network ---------------------------------------------------------
     def _critic_step(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One critic update; returns [loss, gp, wasserstein] (float32, on device)."""
-        d, g = self.critic, self.generator
         b = real.shape[0]
         noise = self._noise(b)
         aux_logits = None
         with self._autocast():
             with torch.no_grad():
-                fake = g(noise, labels)
+                fake = self._g(noise, labels)
             fake = fake.to(real.dtype)
-            if d.batch_coupled:  # minibatch stddev: real and fake never share a group
-                d_real, d_fake = d(real, labels), d(fake, labels)
-                if self.ac_weight:
-                    d_real, aux_logits = d(real, labels, with_aux=True)
-            elif self.ac_weight:
-                scores, logits = d(torch.cat([real, fake]), torch.cat([labels, labels]),
-                                   with_aux=True)
-                d_real, d_fake, aux_logits = scores[:b], scores[b:], logits[:b]
-            else:  # real and fake through the critic as one batch
-                scores = d(torch.cat([real, fake]), torch.cat([labels, labels]))
-                d_real, d_fake = scores[:b], scores[b:]
+            # real and fake through the critic in one call (one DDP forward per backward);
+            # `split` keeps them apart in batch-coupled layers (minibatch stddev)
+            out = self._d(torch.cat([real, fake]), torch.cat([labels, labels]),
+                          with_aux=bool(self.ac_weight), split=b)
+            scores, logits = out if self.ac_weight else (out, None)
+            d_real, d_fake = scores[:b], scores[b:]
+            if logits is not None:
+                aux_logits = logits[:b]
         interp = interpolate(real, fake, self.rng)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         with self._autocast():
-            gp = gradient_penalty(d, interp, labels, scale)
+            # the penalty's double backward through the bare critic: its parameter gradients
+            # join the DDP forward's in the one backward below, which DDP then averages
+            gp = gradient_penalty(self.critic, interp, labels, scale)
         w = w_estimate(d_real, d_fake)
         loss = critic_loss(d_real, d_fake, gp, self.cfg.gp_weight)
         if aux_logits is not None:  # AC-GAN: the critic learns the classes of real rows
@@ -258,7 +276,7 @@ class WGANTrainer:
         d.requires_grad_(False)
         try:
             with self._autocast():
-                fake = g(noise, labels)
+                fake = self._g(noise, labels)  # DDP averages the generator's gradients
                 if self.ac_weight:  # AC-GAN: generated rows must be of their class
                     score, logits = d(fake, labels, with_aux=True)
                     loss = (generator_loss(score)
@@ -332,11 +350,11 @@ class WGANTrainer:
         window_seen = 0
         labels = None
         batches = data.epoch_batches(self.epoch, self.cfg.batch_size, self.cfg.seed,
-                                     self.device)
+                                     self.device, self.world)
         try:
             for real, labels in batches:
                 window.append(self._critic_step(real, labels))
-                window_seen += real.shape[0]
+                window_seen += real.shape[0] * self.world.size  # examples of all ranks
                 if len(window) == self.cfg.n_critic:
                     self._close_window(window, window_seen, labels, meter, on_step)
                     window, window_seen = [], 0
@@ -398,7 +416,12 @@ class WGANTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly; only types `torch.load(weights_only=True)`
-        accepts (tensors, dicts, lists, numbers, strings, bools, None), all on the CPU."""
+        accepts (tensors, dicts, lists, numbers, strings, bools, None), all on the CPU.
+
+        With several ranks this is a collective (every rank must call it): the RNG states of
+        all ranks are gathered, so each can take its own back on resume.
+        """
+        own_rng = rng_state(self.rng)
         state = {
             "format": STATE_FORMAT,
             "config": self.cfg.to_dict(),
@@ -413,8 +436,11 @@ class WGANTrainer:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(self.rng),
+            "rng": own_rng,
+            "world_size": self.world.size,
         }
+        if self.world.distributed:
+            state["rng_ranks"] = self.world.gather(_to_cpu(own_rng))
         return _to_cpu(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -430,7 +456,12 @@ class WGANTrainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.critic_step = int(state.get("critic_step", 0))
-        set_rng_state(state["rng"], self.rng)
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if int(state.get("world_size", 1)) == self.world.size:  # exact: each rank's own
+            set_rng_state(ranks[self.world.rank], self.rng)
+        else:  # other world size: weights, optimisers and epoch exact; noise streams anew
+            set_rng_state(state["rng"])
+            self.rng.manual_seed((self._rank_seed() + self.epoch * RANK_SEED_STRIDE) % 2**63)
 
     def warm_start(self, state: dict[str, Any]) -> list[str]:
         """Take G, D and EMA weights from a checkpoint but start a fresh run (epoch 0, new

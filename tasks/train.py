@@ -120,7 +120,8 @@ def open_training_data(store: str, batch_size: int, seed: int,
         def batches(epoch: int) -> Any:
             return ms.iter_batches(batch_size, seed, epoch, rows=fit_rows)
 
-        data = StreamingData(batches, transform=normaliser.normalise)
+        data = StreamingData(batches, transform=normaliser.normalise,
+                             n_batches=len(fit_rows) // batch_size)
     return TrainingData(data=data, classes=list(ms.classes), mel=ms.mel_config, mean=mean,
                         std=std, fingerprint=str(ms.fingerprint),
                         store=str(Path(ms.path).resolve()),
@@ -249,6 +250,15 @@ def progress_line(stats: EpochStats, epochs: int, width: int = 20) -> str:
 
 # --- a block of epochs ---------------------------------------------------------------------
 
+def block_end(epoch: int, epochs: int, checkpoint_every: int, stop_at: int | None) -> int:
+    """Where a block that starts at `epoch` ends: after `checkpoint_every` epochs, at the
+    target `epochs`, or at `stop_at` (the next render epoch), whichever comes first."""
+    until = min(epochs, epoch + checkpoint_every)
+    if stop_at is not None and stop_at > epoch:
+        until = min(until, stop_at)
+    return until
+
+
 def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoint_dir: str,
                 meta: dict[str, Any], metrics: MetricBatcher | None = None,
                 progress_id: str | None = None, echo: bool = False,
@@ -263,9 +273,7 @@ def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoin
     saved, so the last good checkpoint stays the latest.
     """
     cfg = trainer.cfg
-    until = min(epochs, trainer.epoch + cfg.checkpoint_every)
-    if stop_at is not None and stop_at > trainer.epoch:
-        until = min(until, stop_at)
+    until = block_end(trainer.epoch, epochs, cfg.checkpoint_every, stop_at)
     on_step = None
     if metrics is not None:
         def on_step(m: dict[str, Any]) -> None:

@@ -1,0 +1,212 @@
+"""Data-parallel training on the CPU with 2 gloo ranks: really started, never mocked.
+
+The trainer-level tests spawn two ranks with torch.multiprocessing (a process group over a
+file store in a temp dir); the end-to-end tests run `audio-wgan train --nproc 2`, which
+launches `torchrun --standalone`. Kills are fault points (a rank SIGKILLs itself at a named
+epoch end), never timers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from registry_fixtures import TINY_MEL, fresh_mlflow, one_torch_thread, write_tone_dataset
+
+import gan.trainer
+from gan.data import ResidentData
+from gan.distributed import World, shard
+from gan.trainer import TrainConfig, WGANTrainer
+from storage.checkpoints import list_checkpoints, load_checkpoint
+
+pytestmark = pytest.mark.integration
+H = W = 32
+N_CLASSES, B = 3, 8
+CFG = {"preset": "tiny", "batch_size": B, "n_critic": 2, "device": "cpu", "seed": 5}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    yield from one_torch_thread()
+
+
+def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 1, H, W, generator=g).clamp(-4, 4), torch.arange(n) % N_CLASSES
+
+
+def _spawn(fn, tmp_path: Path, *args) -> list[dict]:  # noqa: ANN001
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    mp.spawn(fn, args=(str(tmp_path / "pg"), str(out), *args), nprocs=2, join=True)
+    return [torch.load(out / f"{r}.pt", weights_only=True) for r in range(2)]
+
+
+def _join(rank: int, pg: str) -> World:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{pg}", rank=rank, world_size=2)
+    return World(rank, 2, rank)
+
+
+def _fit_rank(rank: int, pg: str, out: str) -> None:
+    world = _join(rank, pg)
+    tr = WGANTrainer(TrainConfig(**CFG), N_CLASSES, H, W, world)
+    tr.fit(ResidentData(*_data()), 2)
+    state = tr.state_dict()  # collective
+    torch.save({"generator": state["generator"], "critic": state["critic"],
+                "ema": state["ema_generator"], "critic_step": tr.critic_step,
+                "keys": list(state["generator"]) + list(state["critic"]),
+                "rng_ranks": len(state["rng_ranks"])}, Path(out) / f"{rank}.pt")
+    world.leave()
+
+
+def test_ranks_end_with_identical_weights_and_share_the_epoch(tmp_path: Path) -> None:
+    a, b = _spawn(_fit_rank, tmp_path)
+    for key in ("generator", "critic", "ema"):
+        for name, t in a[key].items():
+            if t.is_floating_point() and "running" not in name:  # parameters, bitwise
+                assert torch.equal(t, b[key][name]), f"{key}.{name}"
+    assert not any(k.startswith("module.") for k in a["keys"])
+    # 64 rows, batch 8 on each of 2 ranks: 4 steps an epoch each (an effective batch of 16)
+    assert a["critic_step"] == b["critic_step"] == 2 * 64 // (2 * B)
+    assert a["rng_ranks"] == 2
+
+
+def test_shards_are_disjoint_and_cover_a_global_batch() -> None:
+    order = torch.randperm(70, generator=torch.Generator().manual_seed(1))
+    r0, r1 = (shard(order, 8, World(r, 2)) for r in (0, 1))
+    assert len(r0) == len(r1) == 70 // 16
+    for a, b in zip(r0, r1, strict=True):
+        assert not set(a.tolist()) & set(b.tolist())
+    single = shard(order, 16, World())
+    assert [torch.cat([a, b]).tolist() for a, b in zip(r0, r1, strict=True)] == \
+        [s.tolist() for s in single]
+
+
+def _critic_step(world: World, real: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
+                 eps: torch.Tensor) -> tuple[WGANTrainer, torch.Tensor]:
+    """One critic step with the noise and interpolation weights given (not drawn), and the
+    generator in eval mode (BatchNorm statistics are per rank without SyncBatchNorm)."""
+    tr = WGANTrainer(TrainConfig(**CFG), N_CLASSES, H, W, world)
+    tr.generator.eval()
+    tr._noise = lambda n: noise  # noqa: SLF001
+    orig = gan.trainer.interpolate
+    gan.trainer.interpolate = lambda real_, fake, _g: torch.lerp(fake.float(), real_.float(),
+                                                                 eps.view(-1, 1, 1, 1))
+    try:
+        out = tr._critic_step(real, labels)  # noqa: SLF001
+    finally:
+        gan.trainer.interpolate = orig
+    return tr, out
+
+
+def _global_batch() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(7)
+    real = torch.randn(2 * B, 1, H, W, generator=g)
+    return (real, torch.arange(2 * B) % N_CLASSES, torch.randn(2 * B, 100, generator=g),
+            torch.rand(2 * B, generator=g))
+
+
+def _grads(tr: WGANTrainer) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in tr.critic.named_parameters()}
+
+
+def _step_rank(rank: int, pg: str, out: str) -> None:
+    world = _join(rank, pg)
+    real, labels, noise, eps = (t[rank * B:(rank + 1) * B] for t in _global_batch())
+    tr, losses = _critic_step(world, real, labels, noise, eps)
+    torch.save({"losses": losses, "grads": _grads(tr)}, Path(out) / f"{rank}.pt")
+    world.leave()
+
+
+def test_a_step_on_two_ranks_equals_one_step_on_their_global_batch(tmp_path: Path) -> None:
+    ranks = _spawn(_step_rank, tmp_path)
+    single, losses = _critic_step(World(), *_global_batch())
+    # losses are batch means: the mean of the ranks' equals the global batch's
+    mean = (ranks[0]["losses"] + ranks[1]["losses"]) / 2
+    torch.testing.assert_close(mean, losses, rtol=1e-5, atol=1e-5)
+    # DDP averaged the gradients (penalty included): the global batch's, on both ranks
+    for name, g in _grads(single).items():
+        torch.testing.assert_close(ranks[0]["grads"][name], g, rtol=1e-4, atol=1e-6)
+        assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name])
+
+
+# ------------------------------------------------------------------ through torchrun
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, prefect_harness) -> Path:
+    from flows.precompute import precompute
+
+    root = tmp_path_factory.mktemp("ddp")
+    data = write_tone_dataset(root / "data", clips=6)
+    path = root / "mels.zarr"
+    precompute(str(data), str(path), mel={k: getattr(TINY_MEL, k) for k in (
+        "sample_rate", "n_fft", "hop_length", "n_mels", "frames")})
+    return path
+
+
+def _train(store: Path, ck: Path, *extra: str, env: dict | None = None
+           ) -> subprocess.CompletedProcess:
+    """`audio-wgan train --nproc 2` in a fresh process, as a user runs it."""
+    cmd = [sys.executable, "-m", "audio_wgan.cli", "train", "--store", str(store),
+           "--preset", "tiny", "--batch-size", "8", "--checkpoint-dir", str(ck),
+           "--checkpoint-every", "1", "--nproc", "2", "--quiet", *extra]
+    from prefect.settings import PREFECT_API_URL
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    base.update(PREFECT_API_URL=str(PREFECT_API_URL.value()),  # the session's test server
+                PREFECT_HOME=str(ck.parent / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**base, **(env or {})}, cwd=ck.parent)
+
+
+def _generator(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["generator"]
+
+
+def test_nproc_2_trains_registers_and_resumes_bitwise(store: Path, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    fresh_mlflow(tmp_path, monkeypatch)
+    straight = _train(store, tmp_path / "a", "--epochs", "2", "--no-register",
+                      "--checkpoint-every", "2")  # one torchrun launch for both epochs
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    state = load_checkpoint(tmp_path / "a" / "epoch_00002.pt")
+    assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    assert not any(k.startswith("module.") for k in state["generator"])
+
+    first = _train(store, tmp_path / "b", "--epochs", "1", "--no-register")
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = _train(store, tmp_path / "b", "--epochs", "2", "--resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "registered audio-wgan version 1 as champion" in again.stdout
+    a, b = _generator(tmp_path / "a" / "epoch_00002.pt"), _generator(tmp_path / "b" /
+                                                                      "epoch_00002.pt")
+    for name, t in a.items():
+        assert torch.equal(t, b[name]), name  # resumed == never stopped, same world size
+    assert "terminate called" not in straight.stderr + again.stderr
+
+
+def test_a_killed_rank_ends_the_run_in_one_line_and_the_next_run_resumes(
+        store: Path, tmp_path: Path, monkeypatch) -> None:
+    fresh_mlflow(tmp_path, monkeypatch)
+    ck = tmp_path / "ck"
+    dead = _train(store, ck, "--epochs", "3", "--no-register",
+                  env={"AUDIO_WGAN_KILL_AT": "rank1-epoch2:1"})
+    last = dead.stderr.strip().splitlines()[-1]
+    assert dead.returncode == 2, dead.stderr[-2000:]
+    assert "rank 1 was killed (SIGKILL)" in last and "epoch_00001.pt" in last
+    assert [p.name for p in list_checkpoints(ck)] == ["epoch_00001.pt"]
+    left = subprocess.run(["pgrep", "-f", "tasks.train_parallel"], capture_output=True)
+    assert left.stdout.strip() == b""  # no rank outlives the run
+    back = _train(store, ck, "--epochs", "3", "--resume", "--no-register")
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(ck)][-1] == "epoch_00003.pt"
+    json.dumps(back.stdout)  # printable

@@ -1,0 +1,57 @@
+"""One declaration per training knob: `TrainParams` is the truth; the flow's signature, the
+CLI's `train` options and prefect.yaml's train deployment are checked against it, so a knob
+missing or defaulting differently in one of them fails here."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+import yaml
+
+from audio_wgan.cli import build_parser
+from flows.train import TrainParams, train, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+# CLI options whose name or sense differs from the parameter they set
+CLI_TO_PARAM = {"no_register": ("register", lambda v: not v),
+                "quiet": ("show_progress", lambda v: not v)}
+# defaults the CLI sets apart on purpose: a person at a terminal sees progress lines
+CLI_OWN_DEFAULTS = {"show_progress"}
+
+
+def _fields() -> dict[str, object]:
+    return {(f.alias or name): f.default for name, f in TrainParams.model_fields.items()}
+
+
+def test_the_flow_takes_exactly_the_declared_parameters() -> None:
+    sig = inspect.signature(train.fn)
+    flow = {n: p.default for n, p in sig.parameters.items()}
+    assert flow == _fields()
+
+
+def test_every_train_option_is_a_declared_parameter_with_its_default() -> None:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices["train"]
+    fields = _fields()
+    seen = set()
+    for action in parser._actions:
+        if action.dest in ("help",) or isinstance(action, argparse._HelpAction):
+            continue
+        name, conv = CLI_TO_PARAM.get(action.dest, (action.dest, lambda v: v))
+        assert name in fields, f"--{action.dest} sets no TrainParams field"
+        if action.required or name in CLI_OWN_DEFAULTS:
+            continue
+        assert conv(action.default) == fields[name], f"--{action.dest} default differs"
+        seen.add(name)
+    assert {"preset", "epochs", "max_minutes", "nproc", "batch_size", "seed"} <= seen
+
+
+def test_prefect_yaml_train_parameters_validate() -> None:
+    doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    for d in doc["deployments"]:
+        if d["entrypoint"] == "flows/train.py:train":
+            params = validate_params(d["parameters"])
+            assert set(d["parameters"]) <= set(_fields())
+            assert params.train_config().preset == d["parameters"]["preset"]

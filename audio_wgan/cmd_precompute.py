@@ -130,7 +130,7 @@ def check_mel(mel: dict[str, Any]) -> None:
     rest; a store that exists keeps its own configuration (the flow refuses another)."""
     from audio_wgan.cli import UserError
     from gan.limits import check_trainable_mel
-    from gan.spectral import MelConfig
+    from gan.mel_config import MelConfig
 
     try:
         check_trainable_mel(MelConfig(**mel))

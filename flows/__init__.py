@@ -1,5 +1,5 @@
 """Prefect flows: wiring of the tasks in `tasks/` (see ARCHITECTURE.md)."""
 
-from flows.prefect_heartbeat import install as _install_heartbeat_patch
+from flows.prefect_heartbeat import install_on_load as _install_heartbeat_patch
 
 _install_heartbeat_patch()

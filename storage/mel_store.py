@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from gan.spectral import MelConfig
+from gan.mel_config import MelConfig
 from storage.file_names import escape, printable
 from storage.store_errors import StoreError
 from storage.store_generations import LEASE_RETRIES, ReaderLease, generation_prefix

@@ -13,7 +13,7 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -22,8 +22,10 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
-from storage.model_bundle import META_FILE, GeneratorBundle, load_bundle_dir
 from storage.promotion_rule import CANDIDATE, CHAMPION, NO_METRIC, decide, finite
+
+if TYPE_CHECKING:  # the bundle code imports torch: loaded only where a bundle is read
+    from storage.model_bundle import GeneratorBundle
 
 DEFAULT_MODEL_NAME = "audio-wgan"
 MODEL_ARTIFACT = "model"  # name of the logged pyfunc model inside its run
@@ -139,6 +141,8 @@ def log_generator_model(bundle_dir: str | Path, run_id: str,
     """
     import pandas as pd
 
+    from storage.model_bundle import META_FILE, load_bundle_dir
+
     bundle_dir = Path(bundle_dir)
     if not (bundle_dir / META_FILE).is_file():
         raise RegistryError(f"{bundle_dir} is not a generator bundle")
@@ -182,6 +186,8 @@ class _nullcontext:
 
 def _bundle_dir_in_model(model_dir: Path) -> Path:
     """Locate the bundle artifact inside a downloaded pyfunc model directory."""
+    from storage.model_bundle import META_FILE
+
     if (model_dir / META_FILE).is_file():
         return model_dir
     mlmodel = Model.load(str(model_dir / "MLmodel"))
@@ -196,6 +202,8 @@ def load_bundle(model_uri: str, device: str = "cpu") -> GeneratorBundle:
     """GeneratorBundle from any MLflow model URI (`models:/name/3`, `models:/name@champion`,
     `runs:/<id>/model`) or a local bundle/model directory. Reads the state_dict and JSON
     only: nothing is unpickled and the model code is not imported."""
+    from storage.model_bundle import META_FILE, load_bundle_dir
+
     local = Path(model_uri)
     if "://" not in model_uri and ":/" not in model_uri and local.is_dir():
         if (local / META_FILE).is_file():

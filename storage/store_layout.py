@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from gan.spectral import MelConfig
+from gan.mel_config import MelConfig
 from storage.store_integrity import read_checked
 
 if TYPE_CHECKING:

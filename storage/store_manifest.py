@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from gan.spectral import MelConfig
+from gan.mel_config import MelConfig
 from storage.atomic_files import atomic_write_bytes
 from storage.file_names import escape, is_plain, unescape
 

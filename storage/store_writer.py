@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from gan.spectral import MelConfig
+from gan.mel_config import MelConfig
 from storage.atomic_files import TMP_PREFIX
 from storage.fault_points import fault_point
 from storage.store_errors import StoreError

@@ -1,0 +1,77 @@
+"""The quick commands start at once: `--help` (of every command), `models` and `store-info`
+import neither torch nor Prefect (and only `models` imports MLflow). Each runs as the
+console script runs it, in a fresh interpreter, which then reports what it imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from store_fixtures import build, new_file
+
+from audio_wgan.cli import COMMAND_MODULES
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "torchaudio", "prefect", "mlflow")
+PROBE = ("import sys\n"
+         "from audio_wgan.cli import main\n"
+         "rc = main(sys.argv[1:])\n"
+         f"print('imported:', ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+         "sys.exit(rc)\n")
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None
+            ) -> tuple[int, set[str], str]:
+    """Exit code, the heavy modules the command imported, and its stderr."""
+    import os
+
+    out = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, text=True,
+                         capture_output=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("imported:")]
+    assert line, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.returncode, {m for m in line[-1].split(":", 1)[1].strip().split(",") if m}, \
+        out.stderr
+
+
+def command_names() -> list[str]:
+    return [name.replace("_", "-") for name in COMMAND_MODULES]
+
+
+def test_top_level_help(tmp_path: Path) -> None:
+    rc, imported, _ = run_cli(["--help"], tmp_path)
+    assert rc == 0
+    assert imported == set()
+
+
+@pytest.mark.parametrize("command", command_names())
+def test_every_command_help(tmp_path: Path, command: str) -> None:
+    rc, imported, _ = run_cli([command, "--help"], tmp_path)
+    assert rc == 0
+    assert imported == set()
+
+
+def test_store_info(tmp_path: Path) -> None:
+    store = tmp_path / "mels.zarr"
+    build(store, [new_file("a/x.wav", 3, 1), new_file("b/y.wav", 2, 2)])
+    rc, imported, err = run_cli(["store-info", str(store), "--json"], tmp_path)
+    assert rc == 0, err[-2000:]
+    assert imported == set()
+
+
+def test_store_info_refusal(tmp_path: Path) -> None:
+    """The one-line refusal of a folder that is no store takes the quick path too."""
+    rc, imported, err = run_cli(["store-info", str(tmp_path)], tmp_path)
+    assert rc == 2
+    assert err.strip().splitlines()[-1].startswith("audio-wgan store-info: error:")
+    assert imported == set()
+
+
+def test_models_imports_mlflow_only(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc, imported, err = run_cli(["models"], tmp_path, {"MLFLOW_TRACKING_URI": uri})
+    assert rc == 2  # an empty registry: one line naming the model
+    assert "no registered model named 'audio-wgan'" in err.strip().splitlines()[-1]
+    assert imported == {"mlflow"}

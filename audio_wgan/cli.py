@@ -39,13 +39,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser, or only the parser of the command `only` names (when it is
+    one: the others' modules need not be imported to run it)."""
     parser = OneLineParser(
         prog="audio-wgan",
         description="Class-conditional WGAN-GP audio generator (Zarr mel store, Prefect, MLflow).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    names = [n for n in COMMAND_MODULES if n.replace("_", "-") == only] or COMMAND_MODULES
+    for name in names:
         try:
             mod = importlib.import_module(f"audio_wgan.cmd_{name}")
         except ModuleNotFoundError as exc:
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     the command can be called in-process exactly as the console script runs it."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a refused argument (2, reason already printed)

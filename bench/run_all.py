@@ -2,6 +2,9 @@
 
     .venv/bin/python -m bench.run_all            # every benchmark (~15 min), then assemble
     .venv/bin/python -m bench.run_all --assemble # only rebuild BENCHMARKS.md from the results
+
+bench.bench_quality (every model variant trained for 5 CPU minutes on ESC-10, ~80 min on
+this machine) is not in the list: run it on its own.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["precompute", "workers", "dask", "compaction", "train", "train_flow", "render",
-         "demo_run"]
+ORDER = ["quality", "precompute", "workers", "dask", "compaction", "train", "ddp",
+         "train_flow", "render", "demo_run", "cli"]
 BENCHES = ["bench.bench_precompute", "bench.bench_workers", "bench.bench_dask",
            "bench.bench_compaction",
-           "bench.bench_train",
-           "bench.bench_train_flow", "bench.bench_render"]
+           "bench.bench_train", "bench.bench_ddp",
+           "bench.bench_train_flow", "bench.bench_render", "bench.bench_cli"]
 
 HEADER = """# Benchmarks
 

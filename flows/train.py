@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from flows.defaults import CHECKPOINT_DIR, EXPERIMENT, MODEL_NAME, STORE
+from flows.defaults import CHECKPOINT_DIR, DEFAULT_PRESET, EXPERIMENT, MODEL_NAME, STORE
 from gan.models import get_preset
 from gan.trainer import TrainConfig
 from tasks import tracking
@@ -35,7 +35,7 @@ class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     store: str = Field(STORE, min_length=1)
-    preset: str = "small"
+    preset: str = DEFAULT_PRESET
     epochs: int = Field(100, ge=1, le=1_000_000)
     # stop at the first epoch boundary after this many minutes of training (None: no limit)
     max_minutes: float | None = Field(None, gt=0, le=1_000_000)
@@ -105,7 +105,8 @@ def validate_params(values: dict[str, Any]) -> TrainParams:
 
 
 @flow(name="train", validate_parameters=False, flow_run_name="train-{preset}-to-{epochs}")
-def train(store: str = STORE, preset: str = "small", epochs: int = 100, batch_size: int = 64,
+def train(store: str = STORE, preset: str = DEFAULT_PRESET, epochs: int = 100,
+          batch_size: int = 64,
           seed: int = 0, checkpoint_dir: str = CHECKPOINT_DIR, resume: bool = False,
           warm_start: bool = False, model_name: str = MODEL_NAME, experiment: str = EXPERIMENT,
           register: bool = True, memory_budget_mb: int = 2048, device: str = "auto",

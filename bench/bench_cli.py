@@ -1,0 +1,184 @@
+"""CLI start-up: wall time and peak RSS of the quick commands beside bare Python and torch.
+
+    .venv/bin/python -m bench.bench_cli [--reps 3] [--files 1631] [--no-precompute]
+                                        [--out FILE]
+
+Every command runs as a user runs it (the console script, a fresh process), in one run,
+repetitions interleaved round-robin; the median of `--reps` is reported. The store is
+built once, in a temp dir, by `audio-wgan precompute` from the first `--files` clips of
+../shared/data/fsdd (taken round-robin over the digits, linked, read in place).
+
+- `python -c pass` and `python -c "import torch"`: the floor, and what importing torch
+  alone costs here;
+- `audio-wgan --help`, `audio-wgan models` (a fresh SQLite registry in the temp dir,
+  migrated before timing; no model is registered, so it exits 2 with its one line),
+  `audio-wgan store-info STORE`;
+- `audio-wgan precompute` of the unchanged data (it starts a flow: Prefect's temporary
+  server unless PREFECT_API_URL names one).
+
+Peak RSS is GNU time's %M of the command (its largest process; /usr/bin/time starts
+each one). Writes bench/results/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = Path(__file__).resolve().parent / "results" / "cli.md"
+PY = sys.executable
+CLI = str(Path(PY).with_name("audio-wgan"))
+GNU_TIME = "/usr/bin/time"
+TARGET_S = 0.6  # issue 13: store-info, models and --help under 0.6 s
+
+
+def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS in KB, exit code) of one fresh process.
+
+    The peak RSS comes from GNU time, which starts the command: Linux carries a process's
+    RSS high-water mark across exec, so a child forked from this process (torch is loaded
+    here) would report this process's size, not its own.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        t0 = time.perf_counter()
+        proc = subprocess.run([GNU_TIME, "-f", "%M", "-o", rss.name, *argv], cwd=cwd,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        kb = int(Path(rss.name).read_text().split()[-1])
+    return wall, kb, proc.returncode
+
+
+def build_store(tmp: Path, files: int, env: dict[str, str]) -> tuple[Path, Path, int]:
+    from bench.bench_precompute import SHARED, link_subset, list_files
+
+    chosen = list_files(SHARED / "fsdd", files)
+    data = link_subset(chosen, tmp / "data")
+    store = tmp / "mels.zarr"
+    subprocess.run([CLI, "precompute", str(data), "--store", str(store)], cwd=tmp, env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    return data, store, len(chosen)
+
+
+def before_rows(rows: dict[str, list[str]], rev: str, tmp: Path, env: dict[str, str],
+                envs: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """The audio-wgan rows again, on the code of commit `rev` (first on PYTHONPATH)."""
+    old = tmp / "before"
+    old.mkdir()
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    short = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.strip()
+    envs[short] = {**env, "PYTHONPATH": str(old)}
+    return {f"{label} *before* ({short})": [short, PY, "-m", "audio_wgan.cli", *argv_[1:]]
+            for label, argv_ in rows.items() if argv_[0] == CLI}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--files", type=int, default=1631)
+    ap.add_argument("--no-precompute", action="store_true",
+                    help="leave out the unchanged precompute (it is the slow row)")
+    ap.add_argument("--before", metavar="REV",
+                    help="also run each audio-wgan command on the code of commit REV")
+    ap.add_argument("--out", type=Path, default=RESULT)
+    args = ap.parse_args(argv)
+    cmd = ".venv/bin/python -m bench.bench_cli " + " ".join(argv or sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as name:
+        tmp = Path(name)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+        data, store, n_files = build_store(tmp, args.files, env)
+        envs: dict[str, dict[str, str]] = {}  # a before row's argv starts with its key
+        rows: dict[str, list[str]] = {
+            "python -c pass": [PY, "-c", "pass"],
+            'python -c "import torch"': [PY, "-c", "import torch"],
+            "audio-wgan --help": [CLI, "--help"],
+            "audio-wgan models": [CLI, "models"],
+            f"audio-wgan store-info STORE ({n_files} files)": [CLI, "store-info", str(store)],
+        }
+        if not args.no_precompute:
+            rows[f"audio-wgan precompute DATA --store STORE (unchanged, {n_files} files)"] = [
+                CLI, "precompute", str(data), "--store", str(store)]
+        if args.before:
+            rows.update(before_rows(rows, args.before, tmp, env, envs))
+        timed([CLI, "models"], tmp, env)  # the registry's migrations, once, untimed
+        runs: dict[str, list[tuple[float, int, int]]] = {k: [] for k in rows}
+        for rep in range(args.reps):
+            for label, argv_ in rows.items():
+                if argv_[0] in envs:
+                    runs[label].append(timed(argv_[1:], tmp, envs[argv_[0]]))
+                else:
+                    runs[label].append(timed(argv_, tmp, env))
+            print(f"repetition {rep + 1}/{args.reps} done", flush=True)
+    text = report(runs, cmd, args.reps, args.before)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+def report(runs: dict[str, list[tuple[float, int, int]]], cmd: str, reps: int,
+           rev: str | None) -> str:
+    import torch
+
+    before = (f" Rows marked *before* run the same command on the code of commit {rev} "
+              f"(`git archive`, `python -m audio_wgan.cli` with it first on PYTHONPATH)."
+              if rev else "")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    server = ("the Prefect server at PREFECT_API_URL" if os.environ.get("PREFECT_API_URL")
+              else "Prefect's temporary server (PREFECT_API_URL unset)")
+    lines = [
+        "# CLI start-up",
+        "",
+        f"Command: `{cmd.strip()}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, torch {torch.__version__}. Load average at the end "
+        f"{load}: other jobs shared the cores, so wall times are noisy. Each command is a "
+        f"fresh process, as a user runs it; repetitions interleaved round-robin, median of "
+        f"{reps}. Peak RSS: GNU time's %M (the largest process of the command). `models` "
+        f"reads an empty SQLite registry (exit 2, its one line); precompute's flow runs on "
+        f"{server}.{before}",
+        "",
+        "| command | median wall s | min wall s | median peak RSS MB | exit | target |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for label, rs in runs.items():
+        walls = [r[0] for r in rs]
+        rss = statistics.median(r[1] for r in rs) / 1024
+        codes = ",".join(sorted({str(r[2]) for r in rs}))
+        quick = label.startswith(("audio-wgan --help", "audio-wgan models",
+                                  "audio-wgan store-info")) and "before" not in label
+        target = ""
+        if quick:
+            ok = statistics.median(walls) < TARGET_S
+            target = f"< {TARGET_S} s: {'met' if ok else 'not met'}"
+        lines.append(f"| `{label}` | {statistics.median(walls):.2f} | {min(walls):.2f} | "
+                     f"{rss:.0f} | {codes} | {target} |")
+    lines += [
+        "",
+        "Reading: `--help` (of every command) and `store-info` import neither torch nor "
+        "Prefect nor MLflow, and `models` imports MLflow alone "
+        "(tests/test_cli_startup.py checks the imports in a fresh interpreter). What is "
+        "left of `store-info` is numpy and zarr (~0.4 s of imports) and reading the "
+        "manifest; what is left of `models` is MLflow itself (`import mlflow` ~2.6 s and "
+        "its SQLAlchemy store ~1.4 s by `-X importtime` on this machine), so it misses "
+        "the target without a registry reader of our own. An unchanged precompute is "
+        "mostly Prefect's temporary server, started and stopped by every flow command "
+        "when no server is configured.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

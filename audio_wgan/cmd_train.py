@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from audio_wgan.params import add_seed, output_dir
 from flows.defaults import CHECKPOINT_DIR, DEFAULT_PRESET, EXPERIMENT, MODEL_NAME, PRESET_NAMES
 
 
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop at the first epoch boundary after M minutes of training, then "
                    "checkpoint, render and register as usual")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    add_seed(p, 0)
     p.add_argument("--checkpoint-dir", default=CHECKPOINT_DIR, metavar="DIR")
     p.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
                    help="epochs per checkpoint (and per Prefect task run)")
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from storage.store_errors import StoreError
     from tasks.train import TrainingError
 
+    output_dir(args.checkpoint_dir, "--checkpoint-dir")  # before any epoch is trained
     quiet_run_failures()
     try:
         result = train(

@@ -55,3 +55,24 @@ def test_prefect_yaml_train_parameters_validate() -> None:
             params = validate_params(d["parameters"])
             assert set(d["parameters"]) <= set(_fields())
             assert params.train_config().preset == d["parameters"]["preset"]
+
+
+def test_train_refuses_bad_knobs_before_any_work(tmp_path: Path, capsys) -> None:
+    from audio_wgan.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cases = [
+        (["--checkpoint-dir", str(blocker / "ck")], "--checkpoint-dir"),
+        (["--seed", str(10**23)], "--seed"),
+        (["--nproc", "0"], "nproc"),
+        (["--max-minutes", "0"], "max_minutes"),
+        (["--max-minutes", "nan"], "max_minutes"),
+        (["--preset", "huge"], "--preset"),
+    ]
+    for extra, what in cases:
+        rc = main(["train", "--store", str(tmp_path / "no.zarr"),
+                   "--checkpoint-dir", str(tmp_path / "ck"), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err and what in err[-1], (extra, err)
+        assert not (tmp_path / "ck").exists() and not (tmp_path / "no.zarr").exists()

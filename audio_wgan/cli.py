@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "evaluate",
     "models",
     "run",
+    "server",
 ]
 
 
@@ -76,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command in PREFECT_COMMANDS:
-            check_prefect_api()
+            from audio_wgan.prefect_server import use_recorded_server
+
+            with use_recorded_server():  # `audio-wgan server start`'s, while it answers
+                check_prefect_api()
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except UserError as exc:
         fail(f"audio-wgan {args.command}: error: {exc}")

@@ -1,0 +1,100 @@
+"""`audio-wgan server start|stop|status`: one Prefect server that the flow commands reuse."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from audio_wgan.prefect_server import RECORD, answers, read_record
+
+DEFAULT_PORT = 4200  # Prefect's own default
+START_TIMEOUT_S = 180.0  # a cold server migrates its database first; slow on a busy machine
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "server",
+        help="start, stop or show the Prefect server that precompute, train and run reuse",
+        description="start: run `prefect server start --background` on 127.0.0.1:PORT and "
+        f"record its URL in {RECORD}; while it answers, precompute, train and run send "
+        "their flow runs to it instead of starting Prefect's temporary server for each "
+        "command (~8 s). A PREFECT_API_URL in the environment or the Prefect profile wins "
+        "over it. stop: `prefect server stop` and forget it. status: its URL and whether "
+        "it answers (exit 2 when it does not).",
+    )
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
+                   help=f"port for start (default {DEFAULT_PORT})")
+    p.set_defaults(func=run)
+
+
+def prefect_cli() -> str:
+    return str(Path(sys.executable).with_name("prefect"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from audio_wgan.cli import UserError
+
+    doc = read_record()
+    if args.action == "status":
+        if doc is None:
+            raise UserError(f"no server recorded in {RECORD} (audio-wgan server start)")
+        if not answers(doc["url"]):
+            raise UserError(f"the recorded Prefect server {doc['url']} does not answer")
+        print(f"Prefect server {doc['url']} answers (UI: {doc['url'].removesuffix('/api')})")
+        return 0
+    if args.action == "stop":
+        return stop(doc)
+    return start(args.port, doc)
+
+
+def start(port: int, doc: dict[str, str] | None) -> int:
+    from audio_wgan.cli import UserError
+
+    if doc is not None and answers(doc["url"]):
+        print(f"Prefect server {doc['url']} already answers")
+        return 0
+    if not 1 <= port <= 65535:
+        raise UserError("--port must be between 1 and 65535")
+    url = f"http://127.0.0.1:{port}/api"
+    home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
+    env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    out = subprocess.run([prefect_cli(), "server", "start", "--background", "--host",
+                          "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
+                         env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = (out.stderr.strip() or out.stdout.strip() or "no output").splitlines()
+        raise UserError(f"prefect server start failed: {' '.join(lines[-1].split())}")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not answers(url):  # waiting for readiness: the server migrates its database
+        if time.monotonic() > deadline:
+            subprocess.run([prefect_cli(), "server", "stop"], env=env, capture_output=True)
+            raise UserError(f"the Prefect server on port {port} did not answer within "
+                            f"{START_TIMEOUT_S:.0f} s; stopped it")
+        time.sleep(0.5)
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RECORD.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": url, "prefect_home": home}))
+    tmp.replace(RECORD)
+    print(f"Prefect server {url} started (UI: {url.removesuffix('/api')}); recorded in "
+          f"{RECORD}")
+    return 0
+
+
+def stop(doc: dict[str, str] | None) -> int:
+    from audio_wgan.cli import UserError
+
+    if doc is None:
+        raise UserError(f"no server recorded in {RECORD}")
+    env = {**os.environ, "PREFECT_HOME": doc.get("prefect_home") or os.environ.get(
+        "PREFECT_HOME", str(Path.home() / ".prefect"))}
+    subprocess.run([prefect_cli(), "server", "stop"], env=env, capture_output=True)
+    RECORD.unlink(missing_ok=True)
+    print(f"Prefect server {doc['url']} stopped")
+    return 0

@@ -14,7 +14,8 @@ built once, in a temp dir, by `audio-wgan precompute` from the first `--files` c
   migrated before timing; no model is registered, so it exits 2 with its one line),
   `audio-wgan store-info STORE`;
 - `audio-wgan precompute` of the unchanged data (it starts a flow: Prefect's temporary
-  server unless PREFECT_API_URL names one).
+  server unless PREFECT_API_URL names one), and the same after `audio-wgan server start`
+  (a background Prefect server in the temp dir, started once before timing).
 
 Peak RSS is GNU time's %M of the command (its largest process; /usr/bin/time starts
 each one). Writes bench/results/cli.md.
@@ -23,8 +24,10 @@ each one). Writes bench/results/cli.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +41,7 @@ PY = sys.executable
 CLI = str(Path(PY).with_name("audio-wgan"))
 GNU_TIME = "/usr/bin/time"
 TARGET_S = 0.6  # issue 13: store-info, models and --help under 0.6 s
+PRECOMPUTE_TARGET_S = 2.5  # issue 13: an unchanged precompute of 1,631 files
 
 
 def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, int]:
@@ -67,6 +71,12 @@ def build_store(tmp: Path, files: int, env: dict[str, str]) -> tuple[Path, Path,
     return data, store, len(chosen)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def before_rows(rows: dict[str, list[str]], rev: str, tmp: Path, env: dict[str, str],
                 envs: dict[str, dict[str, str]]) -> dict[str, list[str]]:
     """The audio-wgan rows again, on the code of commit `rev` (first on PYTHONPATH)."""
@@ -88,16 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=1631)
     ap.add_argument("--no-precompute", action="store_true",
                     help="leave out the unchanged precompute (it is the slow row)")
+    ap.add_argument("--no-server", action="store_true",
+                    help="leave out the unchanged precompute on `audio-wgan server start`'s "
+                    "server")
     ap.add_argument("--before", metavar="REV",
                     help="also run each audio-wgan command on the code of commit REV")
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args(argv)
     cmd = ".venv/bin/python -m bench.bench_cli " + " ".join(argv or sys.argv[1:])
-    with tempfile.TemporaryDirectory(prefix="bench-cli-") as name:
-        tmp = Path(name)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-cli-")))
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
         data, store, n_files = build_store(tmp, args.files, env)
-        envs: dict[str, dict[str, str]] = {}  # a before row's argv starts with its key
+        # a before or served row's argv starts with its key in envs (and cwds)
+        envs: dict[str, dict[str, str]] = {}
+        cwds: dict[str, Path] = {}
         rows: dict[str, list[str]] = {
             "python -c pass": [PY, "-c", "pass"],
             'python -c "import torch"': [PY, "-c", "import torch"],
@@ -108,6 +123,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_precompute:
             rows[f"audio-wgan precompute DATA --store STORE (unchanged, {n_files} files)"] = [
                 CLI, "precompute", str(data), "--store", str(store)]
+        if not (args.no_precompute or args.no_server):
+            served = tmp / "served"  # the server's record lives in its working directory
+            served.mkdir()
+            envs["served"] = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+            envs["served"]["PREFECT_HOME"] = str(tmp / "prefect-home")
+            cwds["served"] = served
+            subprocess.run([CLI, "server", "start", "--port", str(free_port())], cwd=served,
+                           env=envs["served"], check=True, stdout=subprocess.DEVNULL)
+            stack.callback(subprocess.run, [CLI, "server", "stop"], cwd=served,
+                           env=envs["served"], stdout=subprocess.DEVNULL)
+            rows[f"audio-wgan precompute DATA --store STORE (unchanged, {n_files} files, "
+                 "after `audio-wgan server start`)"] = [
+                "served", CLI, "precompute", str(data), "--store", str(store)]
         if args.before:
             rows.update(before_rows(rows, args.before, tmp, env, envs))
         timed([CLI, "models"], tmp, env)  # the registry's migrations, once, untimed
@@ -115,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.reps):
             for label, argv_ in rows.items():
                 if argv_[0] in envs:
-                    runs[label].append(timed(argv_[1:], tmp, envs[argv_[0]]))
+                    runs[label].append(timed(argv_[1:], cwds.get(argv_[0], tmp),
+                                             envs[argv_[0]]))
                 else:
                     runs[label].append(timed(argv_, tmp, env))
             print(f"repetition {rep + 1}/{args.reps} done", flush=True)
@@ -158,10 +187,13 @@ def report(runs: dict[str, list[tuple[float, int, int]]], cmd: str, reps: int,
         codes = ",".join(sorted({str(r[2]) for r in rs}))
         quick = label.startswith(("audio-wgan --help", "audio-wgan models",
                                   "audio-wgan store-info")) and "before" not in label
+        limit = (TARGET_S if quick else PRECOMPUTE_TARGET_S
+                 if label.startswith("audio-wgan precompute") and "before" not in label
+                 else None)
         target = ""
-        if quick:
-            ok = statistics.median(walls) < TARGET_S
-            target = f"< {TARGET_S} s: {'met' if ok else 'not met'}"
+        if limit is not None:
+            ok = statistics.median(walls) < limit
+            target = f"< {limit} s: {'met' if ok else 'not met'}"
         lines.append(f"| `{label}` | {statistics.median(walls):.2f} | {min(walls):.2f} | "
                      f"{rss:.0f} | {codes} | {target} |")
     lines += [
@@ -174,7 +206,8 @@ def report(runs: dict[str, list[tuple[float, int, int]]], cmd: str, reps: int,
         "its SQLAlchemy store ~1.4 s by `-X importtime` on this machine), so it misses "
         "the target without a registry reader of our own. An unchanged precompute is "
         "mostly Prefect's temporary server, started and stopped by every flow command "
-        "when no server is configured.",
+        "when no server is configured; with the server that `audio-wgan server start` "
+        "leaves running what is left is importing torch and Prefect and the flow itself.",
         "",
     ]
     return "\n".join(lines)

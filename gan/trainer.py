@@ -176,8 +176,8 @@ class WGANTrainer:
         g, d = build_models(n_classes, n_mels, frames, preset)
         self.generator = g.to(self.device)
         self.critic = d.to(self.device)
-        # forward passes go through DDP when there are several ranks (gradients averaged,
-        # rank 0's BatchNorm buffers broadcast); attributes and state dicts are read from the
+        # forward passes go through DDP when there are several ranks (gradients averaged);
+        # attributes and state dicts are read from the
         # bare modules, so checkpoints never hold "module." keys
         self._g, self._d = self._parallel(self.generator), self._parallel(self.critic)
         self.ema = EMA(self.generator, cfg.ema_decay)
@@ -213,7 +213,10 @@ class WGANTrainer:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device] if self.device.type == "cuda" else None
-        return DistributedDataParallel(net, device_ids=ids)
+        # BatchNorm in training mode uses batch statistics, so the running buffers never
+        # change a step: no broadcast per forward (rank 0's are what checkpoints keep)
+        return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False,
+                                       gradient_as_bucket_view=True)
 
     def _rank_seed(self) -> int:
         return (self.cfg.seed + 1 + self.world.rank * RANK_SEED_STRIDE) % 2**63

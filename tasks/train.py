@@ -126,17 +126,18 @@ def open_training_data(store: str, batch_size: int, seed: int,
                         std=std, fingerprint=str(ms.fingerprint),
                         store=str(Path(ms.path).resolve()),
                         rows=len(fit_rows), resident=resident,
-                        real_examples=real_examples(ms, REAL_PER_CLASS),
+                        real_examples=real_examples(ms, fit_rows, REAL_PER_CLASS),
                         info={"rows": len(fit_rows), "held_out_rows": held_out,
                               "classes": len(ms.classes),
                               "resident": resident, "bytes_float32": resident_bytes(ms)})
 
 
-def real_examples(store: MelStore, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+def real_examples(store: MelStore, fit_rows: np.ndarray, per_class: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Up to `per_class` real rows of each class (float32 dB, labels), from the files held out
     of training when there are any: what the generator is to be compared with by ear."""
     labels = store.labels()
-    held = np.setdiff1d(np.arange(len(store)), training_rows(store))
+    held = np.setdiff1d(np.arange(len(store)), fit_rows)  # `training_rows`' complement
     rng = np.random.default_rng(0)
     pick: list[int] = []
     for c in range(len(store.classes)):

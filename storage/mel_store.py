@@ -19,7 +19,10 @@ Rows are append-only: a replaced or deleted source file's rows become dead (no l
 by the manifest) but are never rewritten, so a reader is safe while a writer appends.
 Compaction drops dead rows by copying the live ones into a new generation of the arrays
 (`gen<g>/`, see `storage.store_generations`); an open `MelStore` holds a lease on its
-generation, so the arrays it reads are not deleted under it.
+generation, so the arrays it reads are not deleted under it (on object storage, where
+readers write nothing, old generations are kept for a grace period instead:
+`storage.store_object`). The same reader serves a directory or an `s3://` URL
+(`storage.store_backend`).
 Live rows are served in canonical order (source path, then offset), which does not depend
 on the order or the interruptions in which the store was built. A lost chunk is refused at
 open and a chunk that does not decode at read, in one line naming the array and rows
@@ -39,8 +42,9 @@ import zarr
 
 from gan.mel_config import MelConfig
 from storage.file_names import escape, printable
+from storage.store_backend import Lock, StoreBackend, backend_for
 from storage.store_errors import StoreError
-from storage.store_generations import LEASE_RETRIES, ReaderLease, generation_prefix
+from storage.store_generations import LEASE_RETRIES, generation_prefix
 from storage.store_integrity import damaged_files, read_checked, require_rows, verify_arrays
 from storage.store_layout import (
     ARRAY_NAMES,
@@ -72,9 +76,10 @@ class MelStore:
     collected), so that a compaction meanwhile keeps them.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, group: zarr.Group,
-                 lease: ReaderLease | None = None) -> None:
-        self.path = path
+    def __init__(self, path: Path | str, manifest: Manifest, group: zarr.Group,
+                 lease: Lock | None = None, backend: StoreBackend | None = None) -> None:
+        self.backend = backend or backend_for(path)
+        self.path = self.backend.path  # a Path, or the URL of an object store
         self.manifest = manifest
         self.classes: list[str] = list(manifest.classes)
         self.mel_config: MelConfig = manifest.mel_config
@@ -103,23 +108,24 @@ class MelStore:
 
     # ---------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path: str | Path, check: bool = True) -> MelStore:
+    def open(cls, path: str | Path | StoreBackend, check: bool = True) -> MelStore:
         """Open the committed state of the store at `path` (StoreError if there is none).
 
         With `check`, every chunk holding a committed row must be stored (a stat each), so
         a store with a lost chunk is refused at once rather than read as zeros; whether
         chunks decode and match their checksums is `verify`'s job (and every read's).
         """
-        p = Path(path)
-        if not p.is_dir():
+        be = backend_for(path)
+        p = be.path
+        if not be.exists():
             raise StoreError(f"no mel store at {p}; run `audio-wgan precompute DATA_DIR "
                              f"--store {p}` first")
-        manifest = _read(p)
+        manifest = _read(be)
         for _ in range(LEASE_RETRIES):
             # lease the generation, then check it is still the committed one: a compaction
             # may have moved on (and deleted it) between the two reads
-            lease = ReaderLease(p, manifest.generation).acquire()
-            latest = _read(p)
+            lease = be.reader_lease(manifest.generation).acquire()
+            latest = _read(be)
             if latest.generation == manifest.generation:
                 manifest = latest
                 break
@@ -128,8 +134,9 @@ class MelStore:
         else:
             raise StoreError(f"store {p} keeps being compacted; try again")
         try:
-            group = zarr.open_group(p, mode="r", use_consolidated=False)
-            store = cls(p, manifest, group, lease)
+            group = zarr.open_group(be.zarr_store(read_only=True), mode="r",
+                                    use_consolidated=False)
+            store = cls(p, manifest, group, lease, backend=be)
             if check:
                 for arr in store._arrays().values():
                     require_rows(arr, manifest.rows)
@@ -215,7 +222,7 @@ class MelStore:
         return len(self) * self.mel_config.n_mels * self.mel_config.frames * 2
 
     def disk_bytes(self) -> int:
-        return disk_bytes(self.path)
+        return self.backend.disk_bytes()
 
     # ---------------------------------------------------------------- statistics
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
@@ -387,9 +394,12 @@ class _Closed:
         raise StoreError(f"store {self.path} was closed")
 
 
-def _read(p: Path) -> Manifest:
+def _read(be: StoreBackend) -> Manifest:
+    p = be.path
     try:
-        manifest = read_manifest(p)
+        manifest = read_manifest(be)
+    except StoreError:
+        raise
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"{p}/{MANIFEST_FILE} is unreadable: {_one_line(exc)}") from None
     if manifest is None:

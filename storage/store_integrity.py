@@ -57,7 +57,12 @@ class VerifyReport:
 
 
 def store_root(arr: zarr.Array) -> str:
-    return str(getattr(arr.store, "root", arr.store))
+    """The store's directory, or its URL on an object store (FsspecStore)."""
+    st = arr.store
+    if getattr(st, "root", None) is not None:
+        return str(st.root)
+    fs, path = getattr(st, "fs", None), getattr(st, "path", None)
+    return fs.unstrip_protocol(path) if fs is not None and path is not None else str(st)
 
 
 def chunk_rows(arr: zarr.Array) -> int:

@@ -19,6 +19,7 @@ from zarr.codecs import BloscCodec
 
 from gan.mel_config import MelConfig
 from storage.store_integrity import read_checked
+from storage.store_location import is_url, url_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 # storage.store_generations): float16 rows, their class, source file id, offset, sums
 MELS, LABELS, SOURCE, OFFSET, MEL_SUMS = "mels", "labels", "source", "offset", "mel_sums"
 ARRAY_NAMES = (MELS, LABELS, SOURCE, OFFSET, MEL_SUMS)
+MANIFEST_FILE = "manifest.json"  # the committed manifest (storage.store_manifest)
 CHUNK_BYTES = 1 << 20  # mel chunks of at least 1 MiB (uncompressed): few, large files
 INDEX_CHUNK_ROWS = 1 << 14  # small: each batch rewrites the last chunk of the index arrays
 SUMS_CHUNK_ROWS = 256  # 512 KiB at 128 mels
@@ -110,7 +112,10 @@ def read_physical(arr: zarr.Array, phys_sorted: np.ndarray) -> np.ndarray:
 
 
 def disk_bytes(path: str | Path) -> int:
-    """Bytes of every file under `path` (a store, with any old generations it still has)."""
+    """Bytes of every file under `path` (a store, with any old generations it still has);
+    of every object under the prefix of a store URL."""
+    if is_url(path):
+        return url_bytes(str(path))
     total = 0
     for dirpath, _, names in os.walk(path):
         for n in names:

@@ -2,7 +2,8 @@
 
 The Zarr arrays only ever grow by appending (until a compaction copies the live rows into
 a new generation of arrays); a row becomes visible when the manifest that owns it is
-committed (atomically: temp file, fsync, `os.replace`, fsync of the directory).
+committed (atomically: locally a temp file, fsync, `os.replace`, fsync of the directory;
+on object storage one conditional PUT, see `storage.store_backend`).
 Everything a reader needs besides the row data lives here: the mel configuration, class
 names, source files with content hashes and the physical row range each one owns,
 rejected/ignored files, and normalisation statistics tagged with the fingerprint they
@@ -22,10 +23,10 @@ from typing import Any
 import orjson
 
 from gan.mel_config import MelConfig
-from storage.atomic_files import atomic_write_bytes
 from storage.file_names import escape, is_plain, unescape
+from storage.store_backend import StoreBackend, backend_for
+from storage.store_layout import MANIFEST_FILE
 
-MANIFEST_FILE = "manifest.json"
 FORMAT = "audio-wgan-mel-store"
 FORMAT_VERSION = 2  # the newest this code reads and writes
 # version 1: arrays at the group root; version 2 adds compaction generations (arrays of
@@ -198,17 +199,16 @@ def _reports(reports: list[dict[str, str]]) -> list[dict[str, str]]:
             for r in reports]
 
 
-def read_manifest(store: str | Path) -> Manifest | None:
+def read_manifest(store: str | Path | StoreBackend) -> Manifest | None:
     """The committed manifest, or None when the store has never committed one."""
-    path = Path(store) / MANIFEST_FILE
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    data = backend_for(store).read_bytes(MANIFEST_FILE)
+    if data is None:
         return None
     return Manifest.from_dict(orjson.loads(data))  # bad JSON: a ValueError, as with json
 
 
-def commit_manifest(store: str | Path, manifest: Manifest) -> None:
-    """Atomically replace the committed manifest (durable once this returns)."""
+def commit_manifest(store: str | Path | StoreBackend, manifest: Manifest) -> None:
+    """Atomically replace the committed manifest (durable once this returns); on an object
+    store only if nobody committed since this backend read it."""
     manifest.commits += 1
-    atomic_write_bytes(Path(store) / MANIFEST_FILE, manifest.to_json(), durable=True)
+    backend_for(store).commit(MANIFEST_FILE, manifest.to_json())

@@ -5,17 +5,15 @@ committed row (resize + write; Zarr's local store replaces each chunk file atomi
 a chunk that also holds committed rows is never half-written), and only then does the
 manifest that owns them get committed atomically. A writer killed at any moment leaves
 rows past the committed count that no reader serves and that the next run overwrites
-and trims. One writer at a time: the writer holds the store's `StoreLock`.
+and trims. One writer at a time: the writer holds the store's lock (a `StoreLock` on a
+directory, a lease object on object storage: `storage.store_backend`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +22,10 @@ import numpy as np
 import zarr
 
 from gan.mel_config import MelConfig
-from storage.atomic_files import TMP_PREFIX
 from storage.fault_points import fault_point
+from storage.store_backend import Lock, StoreBackend, backend_for
 from storage.store_errors import StoreError
-from storage.store_generations import (
-    LEASE_PREFIX,
-    generation_prefix,
-    remove_generation,
-    remove_unused_generations,
-)
+from storage.store_generations import generation_prefix
 from storage.store_integrity import (
     Checksums,
     as_stored,
@@ -49,7 +42,6 @@ from storage.store_layout import (
     read_physical,
     stats_from_sums,
 )
-from storage.store_lock import LOCK_FILE, StoreLock
 from storage.store_manifest import (
     FORMAT,
     MANIFEST_FILE,
@@ -126,9 +118,10 @@ def resolve_mel_config(existing: dict[str, Any] | None, overrides: dict[str, Any
 class MelStoreWriter:
     """The single writer of a store; create with `MelStoreWriter.create_or_open`."""
 
-    def __init__(self, path: Path, lock: StoreLock, manifest: Manifest, group: zarr.Group,
-                 created: bool) -> None:
-        self.path = path
+    def __init__(self, path: Path | str, lock: Lock, manifest: Manifest, group: zarr.Group,
+                 created: bool, backend: StoreBackend | None = None) -> None:
+        self.backend = backend or backend_for(path)
+        self.path = self.backend.path  # a Path, or the URL of an object store
         self.manifest = manifest
         self.mel_config = manifest.mel_config
         self.created = created  # made by this writer: may be removed again if left empty
@@ -146,7 +139,7 @@ class MelStoreWriter:
 
     # ------------------------------------------------------------- open / close
     @classmethod
-    def create_or_open(cls, path: str | Path, mel: dict[str, Any] | None = None,
+    def create_or_open(cls, path: str | Path | StoreBackend, mel: dict[str, Any] | None = None,
                        check: bool = True) -> MelStoreWriter:
         """Lock the store at `path` and open it for appending, creating it if needed.
 
@@ -156,46 +149,48 @@ class MelStoreWriter:
         With `check`, a store with a lost chunk is refused (`compact --drop-damaged`
         repairs it, opening with check=False).
         """
-        p = Path(path)
-        if p.exists() and not p.is_dir():
-            raise StoreError(f"{p} exists and is not a directory; use a new --store")
+        be = backend_for(path)
+        p = be.path
+        be.check_place()  # on object storage: a missing bucket or bad credentials, one line
         try:
-            committed = read_manifest(p)
+            committed = read_manifest(be)
+        except StoreError:
+            raise
         except (ValueError, KeyError, TypeError, OSError):
             committed = None  # refused below (under the lock, or by making it), in one line
         resolve_mel_config(committed.mel if committed else None, mel, p)
-        made = p
-        while not made.parent.exists() and made.parent != made:
-            made = made.parent  # the top-most folder this call would create
-        made = None if p.exists() else made
+        made = be.would_create()  # what to remove again if this call fails
         try:
-            lock = StoreLock(p).acquire()
+            lock = be.writer_lock().acquire()
         except OSError as exc:  # e.g. a parent that is a regular file
-            _remove_made(made)
+            be.remove_created(made)
             raise StoreError(f"cannot create the store {p}: {exc.strerror or exc}") from None
         try:
-            return cls._open_locked(p, lock, mel, check)
+            return cls._open_locked(be, lock, mel, check)
         except BaseException:
             lock.release()
-            _remove_made(made)
+            be.remove_created(made)
             raise
 
     @classmethod
-    def _open_locked(cls, p: Path, lock: StoreLock, mel: dict[str, Any] | None,
+    def _open_locked(cls, be: StoreBackend, lock: Lock, mel: dict[str, Any] | None,
                      check: bool = True) -> MelStoreWriter:
+        p = be.path
         try:
-            manifest = read_manifest(p)
+            manifest = read_manifest(be)
+        except StoreError:
+            raise
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{p}/{MANIFEST_FILE} is unreadable ({exc}); use a new --store"
                              ) from None
-        _remove_partials(p)
+        be.remove_partials()
         if manifest is not None:
             cfg = resolve_mel_config(manifest.mel, mel, p)
             # a compaction killed before its commit, or old arrays no reader holds now
-            removed = remove_unused_generations(p, manifest.generation)
+            removed = be.remove_unused_generations(manifest.generation)
             try:
-                group = zarr.open_group(p, mode="r+", use_consolidated=False)
-                writer = cls(p, lock, manifest, group, created=False)
+                group = zarr.open_group(be.zarr_store(), mode="r+", use_consolidated=False)
+                writer = cls(p, lock, manifest, group, created=False, backend=be)
             except (KeyError, FileNotFoundError) as exc:
                 raise StoreError(f"store {p} is damaged ({exc}); use a new --store") from None
             assert writer.mel_config == cfg
@@ -205,15 +200,15 @@ class MelStoreWriter:
             if removed:  # other Zarr tools read the consolidated metadata: drop the arrays
                 writer._write_attrs(manifest.fingerprint())
             return writer
-        others = [n for n in os.listdir(p) if n != LOCK_FILE and not n.startswith(LEASE_PREFIX)]
-        if others and not _is_unfinished_store(p):
+        others = [n for n in be.names() if not be.is_own_file(n)]
+        if others and not _is_unfinished_store(be):
             raise StoreError(f"{p} exists and is not a mel store; use a new --store")
         cfg = resolve_mel_config(None, mel, p)
-        group = _create_group(p)
+        group = _create_group(be)
         create_arrays(group, "", cfg)
         manifest = Manifest(mel=cfg.to_dict(), checksums={n: [] for n in ARRAY_NAMES})
-        commit_manifest(p, manifest)
-        return cls(p, lock, manifest, group, created=True)
+        commit_manifest(be, manifest)
+        return cls(p, lock, manifest, group, created=True, backend=be)
 
     def close(self) -> None:
         self._lock.release()
@@ -222,7 +217,7 @@ class MelStoreWriter:
         """Remove a store this writer created (used when no usable clip was found)."""
         if not self.created:
             raise StoreError("refusing to remove a store this run did not create")
-        shutil.rmtree(self.path, ignore_errors=True)
+        self.backend.destroy()
         self.close()
 
     def __enter__(self) -> MelStoreWriter:
@@ -344,7 +339,7 @@ class MelStoreWriter:
         if not force and now - self._last_commit[0] < 10 * self._last_commit[1]:
             return False
         fault_point("before_commit")
-        commit_manifest(self.path, self.manifest)
+        commit_manifest(self.backend, self.manifest)
         end = time.perf_counter()
         self._last_commit = (end, end - now)
         self._dirty = False
@@ -436,7 +431,7 @@ class MelStoreWriter:
         before = m.rows
         gen = m.generation + 1
         prefix = generation_prefix(gen)
-        remove_generation(self.path, gen)  # what a compaction killed earlier left
+        self.backend.remove_generation(gen)  # what a compaction killed earlier left
         entries = sorted(m.files.values(), key=lambda e: e.start)  # sequential reads
         live = m.live_rows()
         new = dataclasses.replace(m, rows=live, generation=gen)
@@ -446,20 +441,20 @@ class MelStoreWriter:
             new.files, new.checksums = _copy_rows(self._arrays, dst, entries,
                                                   self._chunk_rows)
         except OSError as exc:  # a full disk, most likely: nothing was committed
-            remove_generation(self.path, gen)
+            self.backend.remove_generation(gen)
             raise StoreError(f"compaction of {self.path} failed ({exc.strerror or exc}); the "
                              "store is unchanged") from None
         except StoreError:  # a damaged chunk holding live rows: see drop_damaged
-            remove_generation(self.path, gen)
+            self.backend.remove_generation(gen)
             raise
         fault_point("compact_copied")
         # a commit that fails leaves the new generation to the next writer's clean-up
-        commit_manifest(self.path, new)
+        commit_manifest(self.backend, new)
         self.manifest = new
         self._use_generation(gen)
         self._dirty = False
         fault_point("compact_committed")
-        kept_old = gen - 1 not in remove_unused_generations(self.path, gen)
+        kept_old = gen - 1 not in self.backend.remove_unused_generations(gen)
         self._write_attrs(new.fingerprint())
         return {"dropped_rows": before - live, "rows": live, "generation": gen,
                 "old_generation_kept": int(kept_old)}
@@ -483,9 +478,7 @@ class MelStoreWriter:
             "norm_mean": stats.get("mean"),
             "norm_std": stats.get("std"),
         })
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # our manifest/lock files are not Zarr nodes
-            zarr.consolidate_metadata(str(self.path))
+        self.backend.consolidate()  # other Zarr readers see the shapes
 
     def _ensure_capacity(self, rows: int) -> None:
         have = self._mels.shape[0]
@@ -497,8 +490,8 @@ class MelStoreWriter:
             arr.resize((target, *arr.shape[1:]))
 
 
-def _create_group(p: Path) -> zarr.Group:
-    group = zarr.open_group(p, mode="a", zarr_format=3, use_consolidated=False)
+def _create_group(be: StoreBackend) -> zarr.Group:
+    group = zarr.open_group(be.zarr_store(), mode="a", zarr_format=3, use_consolidated=False)
     group.attrs.update({"format": FORMAT, "format_version": 1, "manifest": MANIFEST_FILE})
     return group
 
@@ -559,27 +552,11 @@ def _copy_rows(src: tuple[zarr.Array, ...], dst: tuple[zarr.Array, ...],
     return out, crcs
 
 
-def _remove_made(made: Path | None) -> None:
-    """Remove the folder a failed create made (`None`: it existed before)."""
-    if made is not None:
-        shutil.rmtree(made, ignore_errors=True)
-
-
-def _is_unfinished_store(p: Path) -> bool:
+def _is_unfinished_store(be: StoreBackend) -> bool:
     """A store whose creation was interrupted before its first manifest commit."""
     try:
-        attrs = zarr.open_group(p, mode="r", use_consolidated=False).attrs.asdict()
+        attrs = zarr.open_group(be.zarr_store(read_only=True), mode="r",
+                                use_consolidated=False).attrs.asdict()
     except Exception:  # noqa: BLE001 - anything unreadable is "not ours"
         return False
     return attrs.get("format") == FORMAT
-
-
-def _remove_partials(p: Path) -> None:
-    """Temp files left by a killed writer (Zarr's `*.partial`, our manifest temp)."""
-    for dirpath, _, names in os.walk(p):
-        for n in names:
-            if n.endswith(".partial") or n.startswith(f"{TMP_PREFIX}{MANIFEST_FILE}."):
-                try:
-                    os.unlink(os.path.join(dirpath, n))
-                except OSError:
-                    pass

@@ -1,18 +1,32 @@
-"""`audio-wgan` command line: thin; every command runs a flow or reads the registry.
+"""`audio-wgan` command line (typer): thin; every command runs a flow or reads the registry.
 
-Each subcommand lives in its own `audio_wgan/cmd_*.py` module exposing
-`register(subparsers)`; the module sets `func` on its parser, which receives the parsed
-args and returns an exit code.
+Each command lives in its own `audio_wgan/cmd_*.py` module exposing `register(app)`, which
+adds one typer command whose options are declared once, with their ranges
+(`audio_wgan.params`); its body receives the parsed options and returns an exit code.
+
+One error path: whatever refuses a command line (click's parser: a bad number, an unknown
+option, a missing one; a UserError from a command) ends in one line
+`audio-wgan CMD: error: REASON` as the last line of stderr and exit 2. Help is click's plain
+formatter (no rich import, no markup in our help texts); rich is imported only to draw a
+progress bar.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING
 
+from audio_wgan.command import Interrupted, UserError, fail
+
+if TYPE_CHECKING:
+    import typer
+
+__all__ = ["COMMAND_MODULES", "UserError", "build_app", "build_command", "main"]
+
+PROG = "audio-wgan"
+COMPLETE_VAR = "_AUDIO_WGAN_COMPLETE"  # set by the shell completion script (click's name)
 COMMAND_MODULES = [
     "demo_data",
     "precompute",
@@ -28,119 +42,83 @@ COMMAND_MODULES = [
 ]
 
 
-class UserError(Exception):
-    """Bad input: printed as one line, exit code 2."""
+def build_app(only: str | None = None) -> typer.Typer:
+    """Every command, or only the one that `only` names (when it is one: the other
+    commands' modules need not be imported to run it)."""
+    import typer
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse without the usage block before its refusals: the reason is the one line
-    (`--help` shows the usage)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
-
-
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """Every command's parser, or only the parser of the command `only` names (when it is
-    one: the others' modules need not be imported to run it)."""
-    parser = OneLineParser(
-        prog="audio-wgan",
-        description="Class-conditional WGAN-GP audio generator (Zarr mel store, Prefect, MLflow).",
+    app = typer.Typer(
+        name=PROG,
+        help="Class-conditional WGAN-GP audio generator (Zarr mel store, Prefect, MLflow).",
+        add_completion=True,
+        pretty_exceptions_enable=False,  # a bug shows Python's own traceback
+        rich_markup_mode=None,  # click's plain help: fast, and `[scale]` is not markup
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    @app.callback()
+    def root() -> None:
+        """Class-conditional WGAN-GP audio generator (Zarr mel store, Prefect, MLflow)."""
+
     names = [n for n in COMMAND_MODULES if n.replace("_", "-") == only] or COMMAND_MODULES
     for name in names:
-        try:
-            mod = importlib.import_module(f"audio_wgan.cmd_{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"audio_wgan.cmd_{name}":
-                continue  # command not built yet
-            raise
-        mod.register(sub)
-    return parser
+        importlib.import_module(f"audio_wgan.cmd_{name}").register(app)
+    return app
+
+
+def build_command(only: str | None = None):  # noqa: ANN201 - typer's click group
+    """The click group typer builds (what tests inspect for options and defaults)."""
+    import typer.main
+
+    return typer.main.get_command(build_app(only))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; the exit code is returned (argparse's refusals included), so that
-    the command can be called in-process exactly as the console script runs it."""
+    """Run one command; the exit code is returned (click's refusals included), so that the
+    command can be called in-process exactly as the console script runs it."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(argv[0] if argv else None)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a refused argument (2, reason already printed)
-        return exc.code if isinstance(exc.code, int) else 2
-    if not getattr(args, "func", None):
-        parser.print_help()
-        fail("audio-wgan: error: a command is required (see the list above)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    group = build_command(argv[0] if argv else None)
+    if not argv and os.environ.get(COMPLETE_VAR):  # the shell asks for completions
+        return run_group(group, argv)
+    if not argv:
+        run_group(group, ["--help"])
+        fail(f"{PROG}: error: a command is required (see the list above)")
         return 2
+    command = argv[0] if argv[0] in group.commands else None
     try:
-        if args.command in PREFECT_COMMANDS:
-            from audio_wgan.prefect_server import use_recorded_server
-
-            with use_recorded_server():  # `audio-wgan server start`'s, while it answers
-                check_prefect_api()
-                return int(args.func(args) or 0)
-        return int(args.func(args) or 0)
+        return run_group(group, argv, command)
     except UserError as exc:
-        fail(f"audio-wgan {args.command}: error: {exc}")
+        fail(f"{PROG} {command}: error: {exc}")
         return 2
-    except KeyboardInterrupt:
-        fail(f"audio-wgan {args.command}: interrupted")
+    except Interrupted:
+        fail(f"{PROG} {command}: interrupted")
         return 130
 
 
-PREFECT_COMMANDS = frozenset({"precompute", "train", "run"})  # the commands that run flows
+def run_group(group, argv: list[str], command: str | None = None  # noqa: ANN001
+              ) -> int:
+    """Parse and run; click's refusals become our one line (no usage block, no panel)."""
+    import typer
 
+    from audio_wgan.params import usage_line
 
-def check_prefect_api() -> None:
-    """A PREFECT_API_URL that does not answer is one line before the flow starts (Prefect
-    raises it from deep in its engine, as a traceback). Unset, Prefect starts its own."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if not url:
-        return
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        problem = client.api_healthcheck()
-    if problem is not None:
-        raise UserError(f"the Prefect API at {url} does not answer "
-                        f"({type(problem).__name__}); start that server or unset "
-                        f"PREFECT_API_URL")
-
-
-def fail(line: str) -> None:
-    """Print the reason as the last line of stderr.
-
-    Prefect's background services (events, API logs) drain when the interpreter exits and
-    then log warnings of their own ("EventsWorker - Still processing items"); they are
-    drained here first, the way Prefect's test harness does, so nothing follows our line.
-    """
-    drain_prefect_services()
-    sys.stdout.flush()
-    print(" ".join(line.split()), file=sys.stderr, flush=True)
-
-
-def drain_prefect_services(timeout: float = 10.0) -> None:
-    """Send what Prefect still queues (only when this run imported Prefect at all)."""
-    if "prefect.events.worker" not in sys.modules:
-        return
-    import contextlib
-
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for service in (EventsWorker, APILogWorker):
-        with contextlib.suppress(Exception):  # nothing to drain, or the API is gone
-            service.drain_all(timeout=timeout)
+    try:
+        rv = group.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except SystemExit as exc:  # shell completion and --show-completion exit themselves
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except typer.Abort:
+        fail(f"{PROG}: aborted")
+        return 1
+    except Exception as exc:
+        line = usage_line(exc, f"{PROG} {command}" if command else PROG)
+        if line is None:
+            raise
+        fail(line)
+        return 2
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":
-    # `python -m audio_wgan.cli`: run the canonical module's main, so that the UserError
-    # the commands import (audio_wgan.cli.UserError) is the one main() catches
-    from audio_wgan.cli import main as canonical_main
-
-    sys.exit(canonical_main())
+    sys.exit(main())

@@ -3,14 +3,20 @@ deleted files (and, on request, of damaged chunks)."""
 
 from __future__ import annotations
 
-import argparse
+from types import SimpleNamespace
+from typing import Annotated
+
+import typer
+
+from audio_wgan.command import dispatch
+from audio_wgan.params import option
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    app.command(
         "compact",
-        help="drop the dead rows (of replaced or deleted files) from a mel store",
-        description="Copy the live rows of the mel store STORE into a new generation of its "
+        short_help="drop the dead rows (of replaced or deleted files) from a mel store",
+        help="Copy the live rows of the mel store STORE into a new generation of its "
         "arrays and delete the old one, freeing the space of rows whose source files were "
         "replaced or deleted. Readers see the same rows before and after; a reader that has "
         "the store open keeps the old arrays until it closes (the next precompute or "
@@ -20,17 +26,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "damaged chunks (missing, not decoding, not matching their checksum: see "
         "`store-info --verify`), so their rows are dropped too and the next precompute "
         "computes those files again.",
-    )
-    p.add_argument("store", metavar="STORE")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON")
-    p.add_argument("--drop-damaged", action="store_true",
-                   help="drop the rows of damaged chunks; their files are re-queued for the "
-                   "next precompute")
-    p.set_defaults(func=run)
+    )(command)
 
 
-def run(args: argparse.Namespace) -> int:
-    from audio_wgan.cli import UserError
+def command(
+    store: Annotated[str, typer.Argument(metavar="STORE", show_default=False)],
+    json: Annotated[bool, option("--json", help="machine-readable JSON")] = False,
+    drop_damaged: Annotated[bool, option(
+        "--drop-damaged", help="drop the rows of damaged chunks; their files are re-queued "
+        "for the next precompute")] = False,
+) -> int:
+    return dispatch("compact", run, locals())
+
+
+def run(args: SimpleNamespace) -> int:
+    from audio_wgan.command import UserError
     from storage.mel_store import (
         MelStore,
         StoreError,

@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
-import argparse
+from types import SimpleNamespace
+from typing import Annotated
 
-from audio_wgan.params import add_seed, output_dir, ranged
+import typer
+
+from audio_wgan.command import dispatch
+from audio_wgan.params import option, output_dir, ranged, seed_option
 from gan.limits import DEMO_CLIPS_PER_CLASS
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    app.command(
         "demo-data",
-        help="write a small synthetic (procedurally generated) five-class demo data set",
-        description="Write OUT_DIR/<class>/*.wav for dog_bark, drilling, engine_idling, siren "
-        "and street_music. The sounds are synthetic, not recordings; deterministic for a seed.",
-    )
-    p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--clips-per-class", type=ranged(DEMO_CLIPS_PER_CLASS, "--clips-per-class"),
-                   default=40, metavar="N",
-                   help=f"clips per class, 1..{DEMO_CLIPS_PER_CLASS.hi} (default 40)")
-    add_seed(p, 0)
-    p.set_defaults(func=run)
+        short_help="write a small synthetic (procedurally generated) five-class demo data set",
+        help="Write OUT_DIR/<class>/*.wav for dog_bark, drilling, engine_idling, siren and "
+        "street_music. The sounds are synthetic, not recordings; deterministic for a seed.",
+    )(command)
 
 
-def run(args: argparse.Namespace) -> int:
-    from audio_wgan.cli import UserError
+def command(
+    out_dir: Annotated[str, typer.Argument(metavar="OUT_DIR", show_default=False)],
+    clips_per_class: Annotated[int, option(
+        "--clips-per-class", parser=ranged(DEMO_CLIPS_PER_CLASS, "--clips-per-class"),
+        metavar="N", help=f"clips per class, 1..{DEMO_CLIPS_PER_CLASS.hi} (default 40)")] = 40,
+    seed: Annotated[int, seed_option(0)] = 0,
+) -> int:
+    return dispatch("demo-data", run, locals())
+
+
+def run(args: SimpleNamespace) -> int:
+    from audio_wgan.command import UserError
     from tasks.demo_data import write_demo_data
 
     output_dir(args.out_dir, "OUT_DIR")

@@ -2,40 +2,53 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+from types import SimpleNamespace
+from typing import Annotated
 
-from audio_wgan.params import add_seed
+import typer
+
+from audio_wgan.command import dispatch
+from audio_wgan.params import model_option, option, seed_option
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    app.command(
         "evaluate",
-        help="quality metrics of a model against its mel store (with real/Griffin-Lim ceilings)",
-        description="Score generated examples with a small classifier trained on the store "
+        short_help="quality metrics of a model against its mel store (with real/Griffin-Lim "
+        "ceilings)",
+        help="Score generated examples with a small classifier trained on the store "
         "(cached next to it): accuracy of the intended class, Inception Score, Fréchet "
         "distance of classifier embeddings, NDB/K and within-class diversity, beside the same "
         "figures for held-out real examples and for real examples through Griffin-Lim. "
         "The real examples it compares with (the reference and the ceiling) come from about "
         "a fifth of each class's source files, chosen by a hash of their paths, which "
         "`audio-wgan train` never trains on: no evaluation row is a row the model saw.",
-    )
-    p.add_argument("--model", required=True, metavar="URI",
-                   help="MLflow model URI or a local bundle directory")
-    p.add_argument("--store", required=True, metavar="STORE", help="the model's mel store")
-    p.add_argument("--n-per-class", type=int, default=32, metavar="N",
-                   help="generated examples per class (default 32)")
-    add_seed(p, 20240)
-    p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
-    p.set_defaults(func=run)
+    )(command)
 
 
-def run(args: argparse.Namespace) -> int:
+def command(
+    model: Annotated[str, model_option()],
+    store: Annotated[str, option("--store", metavar="STORE", show_default=False,
+                                 help="the model's mel store")],
+    n_per_class: Annotated[int, option(
+        "--n-per-class", metavar="N", help="generated examples per class, 2..10000 "
+        "(default 32)")] = 32,
+    seed: Annotated[int, seed_option(20240)] = 20240,
+    as_json: Annotated[bool, option(
+        "--json", help="print a JSON object instead of a table")] = False,
+) -> int:
+    params = dict(locals())
+    params["json"] = params.pop("as_json")
+    return dispatch("evaluate", run, params)
+
+
+def run(args: SimpleNamespace) -> int:
     import sys
 
-    from audio_wgan.cli import UserError
-    from audio_wgan.cmd_render import load_model_bundle
+    from audio_wgan.command import UserError
+    from audio_wgan.model_source import load_model_bundle
     from storage.mel_store import StoreError
     from tasks.evaluate import EvaluationError, evaluate, format_table
 

@@ -2,36 +2,46 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated
 
+import typer
+
+from audio_wgan.command import dispatch
 from audio_wgan.model_source import load_model_bundle
-from audio_wgan.params import add_seed, output_dir, ranged
+from audio_wgan.params import model_option, option, output_dir, ranged, seed_option
 from gan.limits import CLIPS
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    app.command(
         "generate",
-        help="generate clips of one class from a registered model",
-        description="Write N wav files <class>_<index>.wav at the model's sample rate. "
+        short_help="generate clips of one class from a registered model",
+        help="Write N wav files <class>_<index>.wav at the model's sample rate. "
         "URI is anything MLflow resolves (models:/audio-wgan@champion, models:/audio-wgan/3, "
         "runs:/<id>/model) or a local bundle directory. Deterministic for a seed.",
-    )
-    p.add_argument("--model", required=True, metavar="URI")
-    p.add_argument("--class", dest="class_name", required=True, metavar="NAME")
-    p.add_argument("-n", "--count", type=ranged(CLIPS, "-n"), default=1, metavar="N",
-                   help=f"clips to write, 1..{CLIPS.hi} (default 1)")
-    add_seed(p, 0)
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.set_defaults(func=run)
+    )(command)
 
 
-def run(args: argparse.Namespace) -> int:
+def command(
+    model: Annotated[str, model_option()],
+    class_name: Annotated[str, option("--class", metavar="NAME", show_default=False,
+                                      help="the class to generate")],
+    out: Annotated[str, option("--out", metavar="DIR", show_default=False,
+                               help="folder the wav files are written into")],
+    count: Annotated[int, option("-n", "--count", parser=ranged(CLIPS, "-n"), metavar="N",
+                                 help=f"clips to write, 1..{CLIPS.hi} (default 1)")] = 1,
+    seed: Annotated[int, seed_option(0)] = 0,
+) -> int:
+    return dispatch("generate", run, locals())
+
+
+def run(args: SimpleNamespace) -> int:
     import soundfile as sf
 
-    from audio_wgan.cli import UserError
+    from audio_wgan.command import UserError
     from storage.model_bundle import synthesise
 
     out = output_dir(args.out, "--out")

@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from types import SimpleNamespace
+from typing import Annotated
 
+import typer
+
+from audio_wgan.command import dispatch
+from audio_wgan.params import option
 from flows.defaults import MODEL_NAME
 
 _SHOWN_TAGS = ("preset", "epochs", "store_fingerprint", "promotion_reason")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    app.command(
         "models",
-        help="list registered model versions",
-        description="List the versions of a registered model (newest first) with aliases, "
+        short_help="list registered model versions",
+        help="List the versions of a registered model (newest first) with aliases, "
         "tags and key metrics of the training run. Honours MLFLOW_TRACKING_URI.",
-    )
-    p.add_argument("--name", default=MODEL_NAME, metavar="NAME")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=run)
+    )(command)
 
 
-def run(args: argparse.Namespace) -> int:
+def command(
+    name: Annotated[str, option("--name", metavar="NAME",
+                                help="the registered model's name")] = MODEL_NAME,
+    as_json: Annotated[bool, option("--json", help="machine-readable output")] = False,
+) -> int:
+    return dispatch("models", run, {"name": name, "json": as_json})
+
+
+def run(args: SimpleNamespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from audio_wgan.cli import UserError
+    from audio_wgan.command import UserError
     from storage.registry import RegistryError, list_versions, tracking_uri
 
     try:

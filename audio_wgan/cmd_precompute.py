@@ -2,73 +2,100 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from types import SimpleNamespace
+from typing import Annotated, Any
 
-from audio_wgan.params import output_dir, ranged
+import typer
+
+from audio_wgan.command import dispatch
+from audio_wgan.params import choice, option, output_dir, ranged
 from gan.limits import BATCH_FILES, WORKERS
 
+MEL = "mel configuration of a new store: "  # the command help says the defaults
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+
+def register(app: typer.Typer) -> None:
+    app.command(
         "precompute",
-        help="compute log-mels of DATA_DIR/<class>/* clips into a Zarr store (incremental)",
-        description="Scan DATA_DIR/<class>/** for audio (wav, flac, ogg, mp3, ...), decode, "
-        "downmix, resample, compute log-mels and append them to the Zarr store STORE. "
-        "Re-running only processes new or changed files. Bad files are rejected with a "
-        "reason (see store-info), never fatal. Mel options apply to a new store; an existing "
-        "store keeps its configuration and refuses a different one.",
-    )
-    p.add_argument("data_dir", metavar="DATA_DIR")
-    p.add_argument("--store", required=True, metavar="STORE", help="Zarr store directory")
-    mel = p.add_argument_group("mel configuration (new stores; defaults: the seed's 128x256 "
-                               "log-mels at 22.05 kHz)")
-    mel.add_argument("--sample-rate", type=int, metavar="HZ")
-    mel.add_argument("--n-fft", type=int, metavar="N")
-    mel.add_argument("--hop-length", type=int, metavar="N")
-    mel.add_argument("--n-mels", type=int, metavar="N")
-    mel.add_argument("--frames", type=int, metavar="N", help="frames per example")
-    mel.add_argument("--f-min", type=float, metavar="HZ")
-    mel.add_argument("--f-max", type=float, metavar="HZ")
-    mel.add_argument("--long-clip", choices=("split", "crop"), dest="long_clip_policy",
-                     help="clips longer than one example: split into several or crop")
-    mel.add_argument("--split-hop-frames", type=int, metavar="N",
-                     help="hop between split examples (default: one example, no overlap)")
-    mel.add_argument("--tail-policy", choices=("end", "pad"),
-                     help="the last example of a split clip: end (default; it ends at the "
-                     "clip's end, overlapping the one before) or pad (zero-padded remainder, "
-                     "as stores made before this option)")
-    mel.add_argument("--pad-policy", choices=("noise", "loop", "zero-end"),
-                     help="clips shorter than one example: noise (default; padded with the "
-                     "clip's own noise floor), loop (repeated) or zero-end (zero-padded)")
-    p.add_argument("--workers", type=ranged(WORKERS, "--workers"), metavar="N",
-                   help=f"threads or worker processes, 1..{WORKERS.hi} (default: one per "
-                   "core)")
-    p.add_argument("--pool", choices=("threads", "processes", "dask"), default="threads",
-                   help="run files on threads (default; no start-up cost), on worker "
-                   "processes (free of the GIL; each takes ~1.5 s to start, so for large "
-                   "sets of short clips) or on a Dask cluster (a local one of --workers "
-                   "processes, or --dask-address; needs audio-wgan[scale])")
-    p.add_argument("--dask-address", metavar="URL",
-                   help="with --pool dask: the scheduler of an existing Dask cluster, e.g. "
-                   "tcp://host:8786 (its workers must see DATA_DIR at the same path)")
-    p.add_argument("--device", default="auto", metavar="DEV",
-                   help="where the mel runs: auto (a CUDA GPU when present), cpu, cuda, "
-                   "cuda:N (default auto)")
-    p.add_argument("--batch-size", type=ranged(BATCH_FILES, "--batch-size"), default=256,
-                   metavar="N", help=f"files per write batch, 1..{BATCH_FILES.hi}, at most "
-                   "32 MB of rows (default 256)")
-    p.add_argument("--compact", choices=("auto", "always", "never"), default="auto",
-                   help="drop the rows of replaced or deleted files by rewriting the live "
-                   "ones: auto (once they are a quarter of the store and fill a chunk), "
-                   "always, never (default auto; see also `audio-wgan compact`)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=run)
+        short_help="compute log-mels of DATA_DIR/<class>/* clips into a Zarr store "
+        "(incremental)",
+        help="Scan DATA_DIR/<class>/** for audio (wav, flac, ogg, mp3, ...), decode, downmix, "
+        "resample, compute log-mels and append them to the Zarr store STORE. Re-running only "
+        "processes new or changed files. Bad files are rejected with a reason (see "
+        "store-info), never fatal. Mel options (--sample-rate ... --pad-policy) apply to a "
+        "new store (defaults: the seed's 128x256 log-mels at 22.05 kHz); an existing store "
+        "keeps its configuration and refuses a different one.",
+    )(command)
+
+
+def command(
+    data_dir: Annotated[str, typer.Argument(metavar="DATA_DIR", show_default=False)],
+    store: Annotated[str, option("--store", metavar="STORE", show_default=False,
+                                 help="Zarr store directory")],
+    sample_rate: Annotated[int | None, option("--sample-rate", metavar="HZ",
+                                              help=MEL + "sample rate")] = None,
+    n_fft: Annotated[int | None, option("--n-fft", metavar="N", help=MEL + "FFT size")
+                     ] = None,
+    hop_length: Annotated[int | None, option("--hop-length", metavar="N",
+                                             help=MEL + "STFT hop")] = None,
+    n_mels: Annotated[int | None, option("--n-mels", metavar="N", help=MEL + "mel bands")
+                      ] = None,
+    frames: Annotated[int | None, option("--frames", metavar="N",
+                                         help=MEL + "frames per example")] = None,
+    f_min: Annotated[float | None, option("--f-min", metavar="HZ",
+                                          help=MEL + "lowest mel frequency")] = None,
+    f_max: Annotated[float | None, option("--f-max", metavar="HZ",
+                                          help=MEL + "highest mel frequency")] = None,
+    long_clip_policy: Annotated[str | None, option(
+        "--long-clip", **choice("split", "crop"),
+        help=MEL + "clips longer than one example: split into several or crop")] = None,
+    split_hop_frames: Annotated[int | None, option(
+        "--split-hop-frames", metavar="N",
+        help=MEL + "hop between split examples (default: one example, no overlap)")] = None,
+    tail_policy: Annotated[str | None, option(
+        "--tail-policy", **choice("end", "pad"),
+        help=MEL + "the last example of a split clip: end (default; it ends at the clip's "
+        "end, overlapping the one before) or pad (zero-padded remainder, as stores made "
+        "before this option)")] = None,
+    pad_policy: Annotated[str | None, option(
+        "--pad-policy", **choice("noise", "loop", "zero-end"),
+        help=MEL + "clips shorter than one example: noise (default; padded with the clip's "
+        "own noise floor), loop (repeated) or zero-end (zero-padded)")] = None,
+    workers: Annotated[int | None, option(
+        "--workers", parser=ranged(WORKERS, "--workers"), metavar="N",
+        help=f"threads or worker processes, 1..{WORKERS.hi} (default: one per core)")] = None,
+    pool: Annotated[str, option(
+        "--pool", **choice("threads", "processes", "dask"),
+        help="run files on threads (default; no start-up cost), on worker processes (free "
+        "of the GIL; each takes ~1.5 s to start, so for large sets of short clips) or on a "
+        "Dask cluster (a local one of --workers processes, or --dask-address; needs "
+        "audio-wgan[scale])")] = "threads",
+    dask_address: Annotated[str | None, option(
+        "--dask-address", metavar="URL",
+        help="with --pool dask: the scheduler of an existing Dask cluster, e.g. "
+        "tcp://host:8786 (its workers must see DATA_DIR at the same path)")] = None,
+    device: Annotated[str, option(
+        "--device", metavar="DEV", help="where the mel runs: auto (a CUDA GPU when present), "
+        "cpu, cuda, cuda:N (default auto)")] = "auto",
+    batch_size: Annotated[int, option(
+        "--batch-size", parser=ranged(BATCH_FILES, "--batch-size"), metavar="N",
+        help=f"files per write batch, 1..{BATCH_FILES.hi}, at most 32 MB of rows (default "
+        "256)")] = 256,
+    compact: Annotated[str, option(
+        "--compact", **choice("auto", "always", "never"),
+        help="drop the rows of replaced or deleted files by rewriting the live ones: auto "
+        "(once they are a quarter of the store and fill a chunk), always, never (default "
+        "auto; see also `audio-wgan compact`)")] = "auto",
+    as_json: Annotated[bool, option("--json", help="print the summary as JSON")] = False,
+) -> int:
+    params = dict(locals())
+    params["json"] = params.pop("as_json")
+    return dispatch("precompute", run, params)
 
 
 COMPACT = {"auto": None, "always": True, "never": False}
@@ -78,10 +105,10 @@ MEL_ARGS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "f_min", "
             "long_clip_policy", "split_hop_frames", "tail_policy", "pad_policy")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: SimpleNamespace) -> int:
     # a temporary Prefect server started for this run has nowhere to send telemetry
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from audio_wgan.cli import UserError
+    from audio_wgan.command import UserError
     from flows.precompute import precompute
     from storage.mel_store import StoreError, safe_text, to_json
     from tasks.precompute import PrecomputeError, progress_listener
@@ -128,7 +155,7 @@ def check_mel(mel: dict[str, Any]) -> None:
     MelConfig accepts and what the models train on (n_mels, frames), so that a store
     precompute accepts is one `train` accepts too. For a new store: the defaults fill the
     rest; a store that exists keeps its own configuration (the flow refuses another)."""
-    from audio_wgan.cli import UserError
+    from audio_wgan.command import UserError
     from gan.limits import check_trainable_mel
     from gan.mel_config import MelConfig
 

@@ -2,41 +2,53 @@
 
 from __future__ import annotations
 
-import argparse
+from types import SimpleNamespace
+from typing import Annotated
 
+import typer
+
+from audio_wgan.command import dispatch
 from audio_wgan.model_source import load_model_bundle
-from audio_wgan.params import add_seed, output_dir, ranged
+from audio_wgan.params import model_option, option, output_dir, ranged, seed_option
 from gan.limits import EPOCH, GRIFFIN_LIM_ITERS, PER_CLASS
 
-__all__ = ["load_model_bundle", "register", "run"]  # cmd_evaluate imports the loader here
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    app.command(
         "render",
-        help="render a model's fixed sample grid: spectrogram grid, wav files, HTML gallery",
-        description="Render the same fixed latent grid that training renders (rows = classes, "
+        short_help="render a model's fixed sample grid: spectrogram grid, wav files, HTML "
+        "gallery",
+        help="Render the same fixed latent grid that training renders (rows = classes, "
         "columns = samples): OUT/epoch_<E>.png, OUT/gan_generated_audio/<class>/"
         "epoch_<E>_<k>.wav and OUT/index.html (open it in a browser). URI is anything MLflow "
         "resolves (models:/audio-wgan@champion, models:/audio-wgan/3, runs:/<id>/model) or a "
         "local bundle directory.",
-    )
-    p.add_argument("--model", required=True, metavar="URI")
-    p.add_argument("--out", default="samples", metavar="DIR",
-                   help="samples folder to write into (default: ./samples)")
-    p.add_argument("--per-class", type=ranged(PER_CLASS, "--per-class"), default=4,
-                   metavar="N", help=f"samples per class, 1..{PER_CLASS.hi} (default 4)")
-    add_seed(p, 1234, "latent grid seed (default 1234, the one training renders with)")
-    p.add_argument("--griffin-lim-iters", type=ranged(GRIFFIN_LIM_ITERS, "--griffin-lim-iters"),
-                   default=32, metavar="N",
-                   help=f"Griffin-Lim iterations, 1..{GRIFFIN_LIM_ITERS.hi} (default 32)")
-    p.add_argument("--epoch", type=ranged(EPOCH, "--epoch"), default=None, metavar="E",
-                   help="epoch label of the files (default: the model's trained epochs)")
-    p.set_defaults(func=run)
+    )(command)
 
 
-def run(args: argparse.Namespace) -> int:
-    from audio_wgan.cli import UserError
+def command(
+    model: Annotated[str, model_option()],
+    out: Annotated[str, option("--out", metavar="DIR",
+                               help="samples folder to write into (default: ./samples)")
+                   ] = "samples",
+    per_class: Annotated[int, option(
+        "--per-class", parser=ranged(PER_CLASS, "--per-class"), metavar="N",
+        help=f"samples per class, 1..{PER_CLASS.hi} (default 4)")] = 4,
+    seed: Annotated[int, seed_option(
+        1234, "latent grid seed (default 1234, the one training renders with)")] = 1234,
+    griffin_lim_iters: Annotated[int, option(
+        "--griffin-lim-iters", parser=ranged(GRIFFIN_LIM_ITERS, "--griffin-lim-iters"),
+        metavar="N", help=f"Griffin-Lim iterations, 1..{GRIFFIN_LIM_ITERS.hi} (default 32)")
+    ] = 32,
+    epoch: Annotated[int | None, option(
+        "--epoch", parser=ranged(EPOCH, "--epoch"), metavar="E",
+        help="epoch label of the files (default: the model's trained epochs)")] = None,
+) -> int:
+    return dispatch("render", run, locals())
+
+
+def run(args: SimpleNamespace) -> int:
+    from audio_wgan.command import UserError
     from tasks.render import render
 
     output_dir(args.out, "--out")

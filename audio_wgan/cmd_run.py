@@ -6,11 +6,15 @@ promote, through the `retrain` flow, so `run` and the weekly schedule share one 
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
+from types import SimpleNamespace
+from typing import Annotated
 
-from audio_wgan.params import add_seed, output_dir
+import typer
+
+from audio_wgan.command import dispatch
+from audio_wgan.params import choice, option, output_dir, seed_option
 from flows.defaults import (
     CHECKPOINT_DIR,
     DEMO_DATA_DIR,
@@ -23,32 +27,44 @@ from flows.defaults import (
 DEMO_RUN_EPOCHS = 150  # ~80% of samples classified correctly (EMA), see BENCHMARKS.md
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    app.command(
         "run",
-        help="run the whole pipeline on the synthetic demo data (embedded defaults)",
-        description="Write the synthetic demo data (if missing), precompute log-mels, train "
-        "the small preset, render samples and the gallery, evaluate, register the model in "
+        short_help="run the whole pipeline on the synthetic demo data (embedded defaults)",
+        help="Write the synthetic demo data (if missing), precompute log-mels, train the "
+        "small preset, render samples and the gallery, evaluate, register the model in "
         "MLflow and promote it to @champion when it beats the current one. Re-running on "
         "unchanged data skips training unless --force.",
-    )
-    p.add_argument("--data-dir", default=DEMO_DATA_DIR, metavar="DIR",
-                   help=f"clips folder (default: the demo data in {DEMO_DATA_DIR})")
-    p.add_argument("--store", default=STORE, metavar="STORE")
-    p.add_argument("--preset", choices=["seed", "small", "tiny"], default=DEMO_PRESET)
-    p.add_argument("--epochs", type=int, default=DEMO_RUN_EPOCHS, metavar="N")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N")
-    p.add_argument("--sample-every", type=int, default=20, metavar="N",
-                   help="render samples every N epochs (the seed's 20)")
-    add_seed(p, 0)
-    p.add_argument("--force", action="store_true", help="train even if the data did not change")
-    p.add_argument("--model-name", default=MODEL_NAME, metavar="NAME")
-    p.set_defaults(func=run)
+    )(command)
 
 
-def run(args: argparse.Namespace) -> int:
-    from audio_wgan.cli import UserError
+def command(
+    data_dir: Annotated[str, option(
+        "--data-dir", metavar="DIR",
+        help=f"clips folder (default: the demo data in {DEMO_DATA_DIR})")] = DEMO_DATA_DIR,
+    store: Annotated[str, option("--store", metavar="STORE", help="mel store (Zarr)")
+                     ] = STORE,
+    preset: Annotated[str, option("--preset", **choice("seed", "small", "tiny"),
+                                  help="architecture")] = DEMO_PRESET,
+    epochs: Annotated[int, option("--epochs", metavar="N", help="epochs to train")
+                      ] = DEMO_RUN_EPOCHS,
+    batch_size: Annotated[int, option("--batch-size", metavar="N",
+                                      help="examples per step")] = 32,
+    sample_every: Annotated[int, option(
+        "--sample-every", metavar="N", help="render samples every N epochs (the seed's 20)")
+    ] = 20,
+    seed: Annotated[int, seed_option(0)] = 0,
+    force: Annotated[bool, option("--force", help="train even if the data did not change")
+                     ] = False,
+    model_name: Annotated[str, option("--model-name", metavar="NAME",
+                                      help="registered model name")] = MODEL_NAME,
+) -> int:
+    return dispatch("run", run, locals())
+
+
+def run(args: SimpleNamespace) -> int:
     from audio_wgan.cmd_train import quiet_run_failures
+    from audio_wgan.command import UserError
     from flows.retrain import retrain
     from flows.train import validate_params
     from storage.registry import tracking_uri

@@ -2,43 +2,56 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated
 
+import typer
+
+from audio_wgan.command import dispatch
+from audio_wgan.params import choice, option
 from audio_wgan.prefect_server import RECORD, answers, read_record
 
 DEFAULT_PORT = 4200  # Prefect's own default
 START_TIMEOUT_S = 180.0  # a cold server migrates its database first; slow on a busy machine
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    app.command(
         "server",
-        help="start, stop or show the Prefect server that precompute, train and run reuse",
-        description="start: run `prefect server start --background` on 127.0.0.1:PORT and "
+        short_help="start, stop or show the Prefect server that precompute, train and run "
+        "reuse",
+        help="start: run `prefect server start --background` on 127.0.0.1:PORT and "
         f"record its URL in {RECORD}; while it answers, precompute, train and run send "
         "their flow runs to it instead of starting Prefect's temporary server for each "
         "command (~8 s). A PREFECT_API_URL in the environment or the Prefect profile wins "
         "over it. stop: `prefect server stop` and forget it. status: its URL and whether "
         "it answers (exit 2 when it does not).",
-    )
-    p.add_argument("action", choices=("start", "stop", "status"))
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
-                   help=f"port for start (default {DEFAULT_PORT})")
-    p.set_defaults(func=run)
+    )(command)
+
+
+def command(
+    action: Annotated[str, typer.Argument(
+        **{**choice("start", "stop", "status"), "metavar": "ACTION"}, show_default=False,
+        help="start, stop or status")],
+    port: Annotated[int, option("--port", metavar="N",
+                                help=f"port for start (default {DEFAULT_PORT})")
+                    ] = DEFAULT_PORT,
+) -> int:
+    return dispatch("server", run, locals())
 
 
 def prefect_cli() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
-def run(args: argparse.Namespace) -> int:
-    from audio_wgan.cli import UserError
+def run(args: SimpleNamespace) -> int:
+    from audio_wgan.command import UserError
 
     doc = read_record()
     if args.action == "status":
@@ -54,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def start(port: int, doc: dict[str, str] | None) -> int:
-    from audio_wgan.cli import UserError
+    from audio_wgan.command import UserError
 
     if doc is not None and answers(doc["url"]):
         print(f"Prefect server {doc['url']} already answers")
@@ -88,7 +101,7 @@ def start(port: int, doc: dict[str, str] | None) -> int:
 
 
 def stop(doc: dict[str, str] | None) -> int:
-    from audio_wgan.cli import UserError
+    from audio_wgan.command import UserError
 
     if doc is None:
         raise UserError(f"no server recorded in {RECORD}")

@@ -3,28 +3,38 @@ every chunk of it is intact."""
 
 from __future__ import annotations
 
-import argparse
+from types import SimpleNamespace
+from typing import Annotated
+
+import typer
+
+from audio_wgan.command import dispatch
+from audio_wgan.params import option
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    app.command(
         "store-info",
-        help="rows, classes, rejected files and mel configuration of a mel store",
-        description="Print the committed content of a Zarr mel store: live rows, classes with "
+        short_help="rows, classes, rejected files and mel configuration of a mel store",
+        help="Print the committed content of a Zarr mel store: live rows, classes with "
         "row counts, kept and rejected source files, mel configuration, size, fingerprint. "
         "A store with a lost chunk exits with status 2. --verify also decodes every chunk "
         "and checks it against the checksum the manifest keeps for it (exit status 2 and "
         "one line naming what is damaged).",
-    )
-    p.add_argument("store", metavar="STORE")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON")
-    p.add_argument("--verify", action="store_true",
-                   help="decode every chunk and check it against its checksum")
-    p.set_defaults(func=run)
+    )(command)
 
 
-def run(args: argparse.Namespace) -> int:
-    from audio_wgan.cli import UserError
+def command(
+    store: Annotated[str, typer.Argument(metavar="STORE", show_default=False)],
+    json: Annotated[bool, option("--json", help="machine-readable JSON")] = False,
+    verify: Annotated[bool, option(
+        "--verify", help="decode every chunk and check it against its checksum")] = False,
+) -> int:
+    return dispatch("store-info", run, locals())
+
+
+def run(args: SimpleNamespace) -> int:
+    from audio_wgan.command import UserError
     from storage.mel_store import (
         MelStore,
         StoreError,

@@ -2,54 +2,75 @@
 
 from __future__ import annotations
 
-import argparse
+from types import SimpleNamespace
+from typing import Annotated
 
-from audio_wgan.params import add_seed, output_dir
+import typer
+
+from audio_wgan.command import dispatch
+from audio_wgan.params import choice, option, output_dir, seed_option
 from flows.defaults import CHECKPOINT_DIR, DEFAULT_PRESET, EXPERIMENT, MODEL_NAME, PRESET_NAMES
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def register(app: typer.Typer) -> None:
+    app.command(
         "train",
-        help="train the conditional WGAN-GP on a mel store and register the model",
-        description="Train (or resume) the class-conditional WGAN-GP on a precomputed mel "
-        "store, checkpointing every --checkpoint-every epochs, then log the EMA generator to "
-        "MLflow and register a new model version (first version: alias champion, later "
-        "ones: candidate). --epochs is the total to reach: '--epochs 20 --resume' after 10 "
-        "epochs trains 10 more. Honours MLFLOW_TRACKING_URI and PREFECT_API_URL.",
-    )
-    p.add_argument("--store", required=True, metavar="STORE", help="mel store (Zarr) to train on")
-    p.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
-                   help="architecture: seed (the seed's nets, as its document describes "
-                   "them), small/tiny (the seed's layout, narrower), small-proj-cbn "
-                   f"(projection critic + conditional BatchNorm; BENCHMARKS.md); default "
-                   f"{DEFAULT_PRESET}")
-    p.add_argument("--epochs", type=int, default=100, metavar="N", help="total epochs to reach")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="train on N data-parallel ranks launched with torchrun (CUDA: one GPU "
-                   "per rank, NCCL; CPU: gloo); the effective batch is N x --batch-size "
-                   "(default 1: this process)")
-    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
-                   help="stop at the first epoch boundary after M minutes of training, then "
-                   "checkpoint, render and register as usual")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
-    add_seed(p, 0)
-    p.add_argument("--checkpoint-dir", default=CHECKPOINT_DIR, metavar="DIR")
-    p.add_argument("--checkpoint-every", type=int, default=10, metavar="N",
-                   help="epochs per checkpoint (and per Prefect task run)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in --checkpoint-dir")
-    p.add_argument("--warm-start", action="store_true",
-                   help="like --resume, but allowed when the store changed (weights only)")
-    p.add_argument("--model-name", default=MODEL_NAME, metavar="NAME")
-    p.add_argument("--experiment", default=EXPERIMENT, metavar="NAME")
-    p.add_argument("--no-register", action="store_true",
-                   help="train and export the bundle, but do not log/register the model")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
-    p.add_argument("--memory-budget-mb", type=int, default=2048, metavar="MB",
-                   help="hold the data in memory when it fits, else stream from the store")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
-    p.set_defaults(func=run)
+        short_help="train the conditional WGAN-GP on a mel store and register the model",
+        help="Train (or resume) the class-conditional WGAN-GP on a precomputed mel store, "
+        "checkpointing every --checkpoint-every epochs, then log the EMA generator to MLflow "
+        "and register a new model version (first version: alias champion, later ones: "
+        "candidate). --epochs is the total to reach: '--epochs 20 --resume' after 10 epochs "
+        "trains 10 more. Honours MLFLOW_TRACKING_URI and PREFECT_API_URL. Every option is a "
+        "parameter of the train flow (flows.train.TrainParams; tests/test_train_params.py "
+        "checks the names and defaults).",
+    )(command)
+
+
+def command(
+    store: Annotated[str, option("--store", metavar="STORE", show_default=False,
+                                 help="mel store (Zarr) to train on")],
+    preset: Annotated[str, option(
+        "--preset", **choice(*PRESET_NAMES),
+        help="architecture: seed (the seed's nets, as its document describes them), "
+        "small/tiny (the seed's layout, narrower), small-proj-cbn (projection critic + "
+        f"conditional BatchNorm; BENCHMARKS.md); default {DEFAULT_PRESET}")] = DEFAULT_PRESET,
+    epochs: Annotated[int, option("--epochs", metavar="N", help="total epochs to reach")
+                      ] = 100,
+    nproc: Annotated[int, option(
+        "--nproc", metavar="N", help="train on N data-parallel ranks launched with torchrun "
+        "(CUDA: one GPU per rank, NCCL; CPU: gloo); the effective batch is N x --batch-size "
+        "(default 1: this process)")] = 1,
+    max_minutes: Annotated[float | None, option(
+        "--max-minutes", metavar="M", help="stop at the first epoch boundary after M "
+        "minutes of training, then checkpoint, render and register as usual")] = None,
+    batch_size: Annotated[int, option("--batch-size", metavar="N", help="examples per step")
+                          ] = 64,
+    seed: Annotated[int, seed_option(0)] = 0,
+    checkpoint_dir: Annotated[str, option("--checkpoint-dir", metavar="DIR",
+                                          help="checkpoint folder")] = CHECKPOINT_DIR,
+    checkpoint_every: Annotated[int, option(
+        "--checkpoint-every", metavar="N",
+        help="epochs per checkpoint (and per Prefect task run)")] = 10,
+    resume: Annotated[bool, option(
+        "--resume", help="continue from the newest checkpoint in --checkpoint-dir")] = False,
+    warm_start: Annotated[bool, option(
+        "--warm-start", help="like --resume, but allowed when the store changed (weights "
+        "only)")] = False,
+    model_name: Annotated[str, option("--model-name", metavar="NAME",
+                                      help="registered model name")] = MODEL_NAME,
+    experiment: Annotated[str, option("--experiment", metavar="NAME",
+                                      help="MLflow experiment")] = EXPERIMENT,
+    no_register: Annotated[bool, option(
+        "--no-register", help="train and export the bundle, but do not log/register the "
+        "model")] = False,
+    device: Annotated[str, option("--device", metavar="DEV",
+                                  help="auto (cuda when available), cpu, cuda")] = "auto",
+    memory_budget_mb: Annotated[int, option(
+        "--memory-budget-mb", metavar="MB",
+        help="hold the data in memory when it fits, else stream from the store")] = 2048,
+    quiet: Annotated[bool, option("--quiet", help="no per-epoch progress lines")] = False,
+) -> int:
+    return dispatch("train", run, locals())
 
 
 def quiet_run_failures() -> None:
@@ -67,8 +88,8 @@ def quiet_run_failures() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
-def run(args: argparse.Namespace) -> int:
-    from audio_wgan.cli import UserError
+def run(args: SimpleNamespace) -> int:
+    from audio_wgan.command import UserError
     from flows.train import train
     from storage.checkpoints import CheckpointError
     from storage.registry import RegistryError

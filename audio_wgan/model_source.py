@@ -14,7 +14,7 @@ def load_model_bundle(uri: str) -> Any:
     """
     from mlflow.exceptions import MlflowException
 
-    from audio_wgan.cli import UserError
+    from audio_wgan.command import UserError
     from storage.bundle_schema import BundleError
     from storage.model_uri import ModelUriError, check_model_uri
     from storage.registry import RegistryError, load_bundle

@@ -4,13 +4,12 @@ missing or defaulting differently in one of them fails here."""
 
 from __future__ import annotations
 
-import argparse
 import inspect
 from pathlib import Path
 
 import yaml
 
-from audio_wgan.cli import build_parser
+from audio_wgan.cli import build_command
 from flows.train import TrainParams, train, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,18 +31,18 @@ def test_the_flow_takes_exactly_the_declared_parameters() -> None:
 
 
 def test_every_train_option_is_a_declared_parameter_with_its_default() -> None:
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    parser = sub.choices["train"]
+    command = build_command("train").commands["train"]
     fields = _fields()
     seen = set()
-    for action in parser._actions:
-        if action.dest in ("help",) or isinstance(action, argparse._HelpAction):
+    for param in command.params:
+        if param.name == "help":
             continue
-        name, conv = CLI_TO_PARAM.get(action.dest, (action.dest, lambda v: v))
-        assert name in fields, f"--{action.dest} sets no TrainParams field"
-        if action.required or name in CLI_OWN_DEFAULTS:
+        assert param.opts == [f"--{param.name.replace('_', '-')}"], param.opts  # one spelling
+        name, conv = CLI_TO_PARAM.get(param.name, (param.name, lambda v: v))
+        assert name in fields, f"--{param.name} sets no TrainParams field"
+        if param.required or name in CLI_OWN_DEFAULTS:
             continue
-        assert conv(action.default) == fields[name], f"--{action.dest} default differs"
+        assert conv(param.default) == fields[name], f"--{param.name} default differs"
         seen.add(name)
     assert {"preset", "epochs", "max_minutes", "nproc", "batch_size", "seed"} <= seen
 

@@ -1,0 +1,87 @@
+"""What every command shares once its options are parsed: the one-line refusal (UserError),
+the Prefect server a flow command talks to, and the last line of stderr.
+
+Kept apart from `audio_wgan.cli` (which imports the command modules) so that the command
+modules import this and nothing imports in a circle.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+
+class UserError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command (typer would turn a KeyboardInterrupt into a silent exit 130;
+    this carries it past typer to the one line `main` prints)."""
+
+
+# the commands that run flows: they talk to `audio-wgan server start`'s server while it
+# answers, and a PREFECT_API_URL that does not answer is one line before any work
+PREFECT_COMMANDS = frozenset({"precompute", "train", "run"})
+
+
+def dispatch(name: str, run: Callable[[SimpleNamespace], int | None],
+             params: dict[str, Any]) -> int:
+    """Run a command's body on its parsed options (a namespace, as argparse gave them)."""
+    args = SimpleNamespace(command=name, **params)
+    try:
+        if name in PREFECT_COMMANDS:
+            from audio_wgan.prefect_server import use_recorded_server
+
+            with use_recorded_server():
+                check_prefect_api()
+                return int(run(args) or 0)
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        raise Interrupted() from None
+
+
+def check_prefect_api() -> None:
+    """A PREFECT_API_URL that does not answer is one line before the flow starts (Prefect
+    raises it from deep in its engine, as a traceback). Unset, Prefect starts its own."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+    if problem is not None:
+        raise UserError(f"the Prefect API at {url} does not answer "
+                        f"({type(problem).__name__}); start that server or unset "
+                        f"PREFECT_API_URL")
+
+
+def fail(line: str) -> None:
+    """Print the reason as the last line of stderr.
+
+    Prefect's background services (events, API logs) drain when the interpreter exits and
+    then log warnings of their own ("EventsWorker - Still processing items"); they are
+    drained here first, the way Prefect's test harness does, so nothing follows our line.
+    """
+    drain_prefect_services()
+    sys.stdout.flush()
+    print(" ".join(line.split()), file=sys.stderr, flush=True)
+
+
+def drain_prefect_services(timeout: float = 10.0) -> None:
+    """Send what Prefect still queues (only when this run imported Prefect at all)."""
+    if "prefect.events.worker" not in sys.modules:
+        return
+    import contextlib
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        with contextlib.suppress(Exception):  # nothing to drain, or the API is gone
+            service.drain_all(timeout=timeout)

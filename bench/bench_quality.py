@@ -51,6 +51,14 @@ CHANGES: dict[str, dict[str, Any]] = {
     "upsample + conv": {"upsample": "resize"},
     "minibatch stddev": {"mbstd": True},
 }
+# `--contenders`: changes tried on top of the default preset for user data (DiffAugment,
+# Zhao et al. 2020: the critic sees real and generated examples through the same random
+# differentiable transforms, gan.augment)
+CONTENDERS: dict[str, dict[str, Any]] = {
+    "DiffAugment translation": {"augment": ("translation",)},
+    "DiffAugment translation + cutout": {"augment": ("translation", "cutout")},
+}
+RESULT_CONTENDERS = ROOT / "bench" / "results" / "quality_contenders.md"
 
 
 def precompute_store(data: Path, store: Path, policies: dict[str, str]) -> dict[str, Any]:
@@ -64,9 +72,10 @@ def train_variant(preset: str, store: Path, work: Path, budget_s: float) -> dict
     from gan.trainer import TimeBudget, TrainConfig
     from tasks.train import (
         checkpoint_meta,
-        export_bundle,
+        export_checkpoint,
         open_training_data,
         prepare_trainer,
+        summarise,
         train_block,
     )
 
@@ -77,9 +86,9 @@ def train_variant(preset: str, store: Path, work: Path, budget_s: float) -> dict
     w0, c0 = time.perf_counter(), time.process_time()
     budget = TimeBudget(budget_s, clock=time.process_time)
     block = train_block(trainer, data, cfg.epochs, str(work / "ck"),
-                        checkpoint_meta(data, cfg), budget=budget)
+                        checkpoint_meta(summarise(data), cfg), budget=budget)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    bundle = export_bundle(trainer, data, str(work / "bundle"))
+    bundle = export_checkpoint(block["checkpoint"], str(work / "bundle"))
     return {"bundle": bundle, "epochs": block["epoch"], "g_steps": block["step"],
             "critic_steps": trainer.critic_step, "train_rows": data.rows,
             "held_out_rows": data.info.get("held_out_rows"), "wall_s": wall, "cpu_s": cpu}
@@ -190,6 +199,9 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=300.0,
                     help="process CPU seconds of training per variant")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
+    ap.add_argument("--contenders", action="store_true",
+                    help="only the default preset and CONTENDERS on top of it, into "
+                    f"{RESULT_CONTENDERS.relative_to(ROOT)}")
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -204,6 +216,8 @@ def main() -> int:
             if not store.exists():
                 s = precompute_store(args.data, store, policies)
                 print(f"{store.name}: {s['rows']} rows from {s['files']} files", flush=True)
+        if args.contenders:
+            return contenders(args, new, work, started)
         base = PRESETS["small"]
         rows = [run_one("seed preset, examples as before", "seed", legacy, new, work,
                         args.budget_s, ceilings=True)]
@@ -233,6 +247,32 @@ def main() -> int:
     RESULT_JSON.write_text(json.dumps({"rows": [{k: v for k, v in r.items() if k != "bundle"}
                                                 for r in rows], "real": real,
                                        "chosen": chosen}, indent=1, default=str))
+    print(text)
+    return 0
+
+
+def contenders(args: argparse.Namespace, store: Path, work: Path, started: float) -> int:
+    """The default preset beside each CONTENDERS change on top of it, same budget."""
+    from flows.defaults import DEFAULT_PRESET
+    from gan.presets import PRESETS, register_preset
+    from storage.mel_store import MelStore
+
+    base = PRESETS[DEFAULT_PRESET]
+    rows = [run_one(f"{DEFAULT_PRESET} (default for user data)", DEFAULT_PRESET, store, store,
+                    work, args.budget_s, ceilings=True)]
+    real = {k: v for k, v in rows[0]["metrics"].items() if k.startswith("real_")}
+    for i, (name, switches) in enumerate(CONTENDERS.items()):
+        preset = register_preset(base.variant(f"bench-contender-{i}", **switches)).name
+        rows.append(run_one(f"+ {name}", preset, store, store, work, args.budget_s,
+                            ceilings=False))
+    classes = list(MelStore.open(store).classes)
+    chosen = [r["label"].removeprefix("+ ") for r in rows[1:]
+              if helped(rows[0]["metrics"], r["metrics"])]
+    text = report(rows, real, chosen, args, classes, started).replace(
+        "--budget-s", "--contenders --budget-s").replace(
+        "over `small` on the new examples", f"over `{DEFAULT_PRESET}`").replace(
+        "; the last row combines them", "")
+    RESULT_CONTENDERS.write_text(text)
     print(text)
     return 0
 

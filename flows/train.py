@@ -20,13 +20,14 @@ from tasks.train import (
     TrainingError,
     checkpoint_meta,
     export_bundle_task,
+    forget_training_data,
     load_data_task,
-    prepare_trainer_task,
+    plan_start_task,
     register_model_task,
     set_cpu_threads,
     start_progress,
 )
-from tasks.train_run import RunPlan, train_blocks
+from tasks.train_run import RunPlan, block_spec, train_blocks
 
 
 class TrainParams(BaseModel):
@@ -65,6 +66,9 @@ class TrainParams(BaseModel):
     samples_dir: str | None = None
     render: bool = True
     cpu_threads: int = Field(1, ge=0, le=1024)
+    # times a failed block is run again from its input checkpoint (not for a bad store,
+    # a non-finite loss or a damaged checkpoint, which a retry would repeat)
+    block_retries: int = Field(0, ge=0, le=10)
     render_per_class: int = Field(4, ge=1, le=64)
     griffin_lim_iters: int = Field(32, ge=1, le=1000)
 
@@ -82,7 +86,8 @@ class TrainParams(BaseModel):
             render=self.render, render_per_class=self.render_per_class,
             griffin_lim_iters=self.griffin_lim_iters, show_progress=self.show_progress,
             max_minutes=self.max_minutes, nproc=self.nproc,
-            memory_budget_mb=self.memory_budget_mb, cpu_threads=self.cpu_threads)
+            memory_budget_mb=self.memory_budget_mb, cpu_threads=self.cpu_threads,
+            block_retries=self.block_retries)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -116,7 +121,7 @@ def train(store: str = STORE, preset: str = DEFAULT_PRESET, epochs: int = 100,
           show_progress: bool = False, samples_dir: str | None = None, render: bool = True,
           render_per_class: int = 4, griffin_lim_iters: int = 32,
           cpu_threads: int = 1, max_minutes: float | None = None,
-          nproc: int = 1) -> dict[str, Any]:
+          nproc: int = 1, block_retries: int = 0) -> dict[str, Any]:
     """Train (or resume) to `epochs`, register the EMA generator; return a summary dict.
 
     Every `sample_every` epochs and at the end, the fixed latent grid is rendered with the EMA
@@ -129,40 +134,53 @@ def train(store: str = STORE, preset: str = DEFAULT_PRESET, epochs: int = 100,
     training (wall clock, data loading excluded); the run then checkpoints, renders and
     registers as usual. `nproc` > 1 trains each block on that many ranks launched with
     `torchrun --standalone` (DDP: NCCL and one GPU per rank on CUDA, gloo on the CPU); the
-    effective batch is nproc x batch_size.
+    effective batch is nproc x batch_size. Blocks hand each other checkpoint files (path +
+    SHA-256); `block_retries` runs a block that failed for a transient reason again from
+    its input checkpoint, which ends where a first try would have.
     """
     p = validate_params(dict(locals()))
     cfg = p.train_config()
     set_cpu_threads(cfg.device, p.cpu_threads)
+    try:
+        return _train(p, cfg)
+    finally:
+        forget_training_data()  # the blocks' data, and the store lease it holds
+
+
+def _train(p: TrainParams, cfg: TrainConfig) -> dict[str, Any]:
     data = load_data_task(p.store, p.batch_size, p.seed, p.memory_budget_mb)
-    trainer, start = prepare_trainer_task(cfg, data, p.checkpoint_dir, p.resume, p.warm_start)
+    start = plan_start_task(cfg, p.store, p.memory_budget_mb, p.checkpoint_dir, p.resume,
+                            p.warm_start)
     meta = checkpoint_meta(data, cfg)
     run_id = tracking.start_run_task(
         p.experiment,
-        params={**cfg.to_dict(), "store": data.store, "rows": data.rows,
-                "classes": ",".join(data.classes), "resident": data.resident,
-                "start_mode": start.mode, "start_epoch": start.epoch, "mel": data.mel.to_dict()},
-        tags={"store_fingerprint": data.fingerprint, "preset": cfg.preset,
+        params={**cfg.to_dict(), "store": data["store"], "rows": data["rows"],
+                "classes": ",".join(data["classes"]), "resident": data["resident"],
+                "start_mode": start.mode, "start_epoch": start.epoch, "mel": data["mel"]},
+        tags={"store_fingerprint": data["fingerprint"], "preset": cfg.preset,
               "start_mode": start.mode, "resumed_from": start.checkpoint or "",
-              "device": str(trainer.device)})
+              "device": start.device})
     monitor = tracking.start_system_metrics(run_id)
     try:
-        progress_id = start_progress(trainer.epoch, p.epochs)
+        progress_id = start_progress(start.epoch, p.epochs)
+        spec = block_spec(cfg, p.store, meta, p.run_plan(), run_id, progress_id)
         with tracking.MetricBatcher(run_id) as metrics:
-            run = train_blocks(trainer, data, start, meta, p.run_plan(), metrics, run_id,
-                               progress_id)
+            run = train_blocks(spec, start, p.run_plan(), metrics)
         blocks, samples, stopped = run["blocks"], run["samples"], run["stopped"]
         if not blocks:  # already at the target: keep the latest checkpoint as the result
-            blocks.append({"checkpoint": start.checkpoint, "epoch": trainer.epoch,
-                           "step": trainer.step, "history": [], "last": {}})
-        bundle = export_bundle_task(trainer, data,
+            ck = start.weights["path"] if start.weights else start.checkpoint
+            blocks.append({"checkpoint": ck, "epoch": start.epoch,
+                           "step": start.step, "history": [], "last": {}})
+        bundle = export_bundle_task(blocks[-1]["checkpoint"],
                                     p.bundle_dir or str(Path(p.checkpoint_dir) / "bundle"),
                                     {"mlflow_run_id": run_id})
+        last = blocks[-1]
+        epoch, step = int(last["epoch"]), int(last["step"])
         model = None
         if p.register_model:
             model = register_model_task(bundle, run_id, p.model_name, {
-                "store_fingerprint": data.fingerprint, "preset": cfg.preset,
-                "epochs": trainer.epoch, "steps": trainer.step})
+                "store_fingerprint": data["fingerprint"], "preset": cfg.preset,
+                "epochs": epoch, "steps": step})
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
@@ -170,15 +188,14 @@ def train(store: str = STORE, preset: str = DEFAULT_PRESET, epochs: int = 100,
         if monitor is not None:
             monitor.finish()
     tracking.end_run(run_id, "FINISHED")
-    last = blocks[-1]
     return {
         "run_id": run_id,
         "model": model,
         "model_version": model["version"] if model else None,
         "alias": model["decision"] if model else None,
-        "epoch": trainer.epoch,
-        "step": trainer.step,
-        "epochs_trained": trainer.epoch - start.epoch,
+        "epoch": epoch,
+        "step": step,
+        "epochs_trained": epoch - start.epoch,
         "stopped_by_time": stopped,
         "start": {"mode": start.mode, "checkpoint": start.checkpoint, "epoch": start.epoch,
                   "skipped": start.skipped},
@@ -187,9 +204,9 @@ def train(store: str = STORE, preset: str = DEFAULT_PRESET, epochs: int = 100,
                                                     "samples_per_s")},
         "checkpoint": last["checkpoint"],
         "bundle": bundle,
-        "device": str(trainer.device),
-        "resident": data.resident,
-        "fingerprint": data.fingerprint,
+        "device": start.device,
+        "resident": data["resident"],
+        "fingerprint": data["fingerprint"],
         "samples": samples,
         "samples_dir": samples["samples_dir"] if samples else None,
         "gallery": samples["gallery"] if samples else None,

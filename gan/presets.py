@@ -12,6 +12,7 @@ from typing import Any
 CRITIC_CONDS = ("concat", "projection", "none")
 GEN_NORMS = ("bn", "cbn")
 UPSAMPLES = ("transpose", "resize")
+AUGMENTS = ("translation", "cutout")  # gan.augment.POLICIES
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Preset:
     upsample: str = "transpose"
     mbstd: bool = False
     ac_weight: float = 0.0  # weight of the auxiliary classification loss (0: no head)
+    # DiffAugment transforms applied to everything the critic sees (gan.augment)
+    augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.critic_cond not in CRITIC_CONDS:
@@ -38,6 +41,9 @@ class Preset:
             raise ValueError(f"upsample must be one of {UPSAMPLES}")
         if self.ac_weight < 0:
             raise ValueError("ac_weight must be >= 0")
+        unknown = [a for a in self.augment if a not in AUGMENTS]
+        if unknown:
+            raise ValueError(f"unknown augmentation {unknown[0]!r}; choose from {AUGMENTS}")
         if self.ac_weight > 0 and self.critic_cond == "concat":
             raise ValueError("an auxiliary classifier needs a critic that does not read the "
                              "label from its input (critic_cond projection or none)")

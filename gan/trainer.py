@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gan.augment import diff_augment
 from gan.data import TrainData
 from gan.devices import resolve_device
 from gan.distributed import SINGLE, World
@@ -173,6 +174,7 @@ class WGANTrainer:
 
         preset = get_preset(cfg.preset)
         self.ac_weight = float(preset.ac_weight)
+        self.augment = tuple(preset.augment)
         g, d = build_models(n_classes, n_mels, frames, preset)
         self.generator = g.to(self.device)
         self.critic = d.to(self.device)
@@ -238,6 +240,11 @@ class WGANTrainer:
     def _noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.noise_dim, device=self.device, generator=self.rng)
 
+    def _seen(self, x: torch.Tensor) -> torch.Tensor:
+        """What the critic is shown of `x`: DiffAugment's transforms when the preset asks
+        for them (drawn from the trainer's RNG, so resume stays exact), else `x`."""
+        return diff_augment(x, self.augment, self.rng) if self.augment else x
+
     # -- one step of each network ---------------------------------------------------------
     def _critic_step(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One critic update; returns [loss, gp, wasserstein] (float32, on device)."""
@@ -247,7 +254,7 @@ class WGANTrainer:
         with self._autocast():
             with torch.no_grad():
                 fake = self._g(noise, labels)
-            fake = fake.to(real.dtype)
+            real, fake = self._seen(real), self._seen(fake.to(real.dtype))
             # real and fake through the critic in one call (one DDP forward per backward);
             # `split` keeps them apart in batch-coupled layers (minibatch stddev)
             out = self._d(torch.cat([real, fake]), torch.cat([labels, labels]),
@@ -279,7 +286,7 @@ class WGANTrainer:
         d.requires_grad_(False)
         try:
             with self._autocast():
-                fake = self._g(noise, labels)  # DDP averages the generator's gradients
+                fake = self._seen(self._g(noise, labels))  # DDP averages G's gradients
                 if self.ac_weight:  # AC-GAN: generated rows must be of their class
                     score, logits = d(fake, labels, with_aux=True)
                     loss = (generator_loss(score)

@@ -154,23 +154,35 @@ def _prune(d: Path, keep_last: int, keep: Path) -> None:
                 p.unlink()
 
 
-def verify_checkpoint(path: str | Path) -> None:
-    """Raise CheckpointError unless `path` matches its SHA-256 sidecar."""
+def checkpoint_digest(path: str | Path) -> str:
+    """The SHA-256 the checkpoint's sidecar records (what a task hands on with its path)."""
     p = Path(path)
     sidecar = p.with_name(p.name + ".sha256")
     try:
-        expected = sidecar.read_text().split()[0]
+        return sidecar.read_text().split()[0]
     except (OSError, IndexError):
         raise CheckpointError(f"{p.name}: missing or empty hash file {sidecar.name}") from None
+
+
+def verify_checkpoint(path: str | Path, sha256: str | None = None) -> None:
+    """Raise CheckpointError unless `path` matches its SHA-256 sidecar (and `sha256`, the
+    digest the task that wrote it handed on, when given)."""
+    p = Path(path)
+    expected = checkpoint_digest(p)
+    if sha256 is not None and sha256 != expected:
+        raise CheckpointError(f"{p.name}: not the checkpoint the previous block wrote "
+                              f"(SHA-256 {expected[:12]}, expected {sha256[:12]})")
     actual = _sha256_file(p)
     if actual != expected:
         raise CheckpointError(f"{p.name}: SHA-256 mismatch (file is damaged)")
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Verify and load one checkpoint; CheckpointError (one line) if it is damaged."""
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", sha256: str | None = None
+                    ) -> dict[str, Any]:
+    """Verify and load one checkpoint; CheckpointError (one line) if it is damaged or, with
+    `sha256`, is not the file with that digest."""
     p = Path(path)
-    verify_checkpoint(p)
+    verify_checkpoint(p, sha256)
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # a verified file that still fails: wrong format/version
@@ -244,12 +256,14 @@ def check_fingerprint(state_meta: dict[str, Any], fingerprint: str, warm_start: 
             f"or a new checkpoint directory")
 
 
-def export_bundle_from_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
+def export_bundle_from_checkpoint(path: str | Path, out_dir: str | Path,
+                                  extra: dict[str, Any] | None = None) -> Path:
     """The checkpoint's EMA generator as a model bundle, from the checkpoint file alone.
 
     Needs the EXPORT_META keys in the checkpoint's meta (checkpoints written before they
     were recorded lack the statistics: CheckpointError says so). The bundle passes the
-    checks `load_bundle_dir` makes before anything is written.
+    checks `load_bundle_dir` makes before anything is written. `extra` adds to the bundle's
+    model.json (e.g. the MLflow run the model comes from).
     """
     from gan.spectral import MelConfig
     from storage.model_bundle import BundleError, save_bundle
@@ -265,6 +279,7 @@ def export_bundle_from_checkpoint(path: str | Path, out_dir: str | Path) -> Path
             **{k: meta[k] for k in ("fingerprint", "store") if k in meta}}
     if isinstance(state.get("config"), dict):
         info["train_config"] = state["config"]
+    info.update(extra or {})
     try:
         mel = MelConfig.from_dict(meta["mel"])
         return save_bundle(out_dir, state["ema_generator"], str(meta["preset"]),

@@ -3,7 +3,9 @@
 there; with AUDIO_WGAN_KILL_ON_FILE=<path>, the process about to decode that source file
 (its path relative to DATA_DIR) does, as a crashing decoder would. With
 AUDIO_WGAN_KILL_ONCE=<marker file> as well, only the first process to create the marker
-dies (once per run, whichever worker gets there: a worker lost once, not a bad file)."""
+dies (once per run, whichever worker gets there: a worker lost once, not a bad file).
+With AUDIO_WGAN_FAIL_AT="<point>:<n>" the process raises `InjectedFault` there instead: a
+transient failure that a retried task survives (its count runs on within the process)."""
 
 from __future__ import annotations
 
@@ -13,19 +15,32 @@ import signal
 KILL_ENV = "AUDIO_WGAN_KILL_AT"
 KILL_ON_FILE_ENV = "AUDIO_WGAN_KILL_ON_FILE"
 KILL_ONCE_ENV = "AUDIO_WGAN_KILL_ONCE"
-_counts: dict[str, int] = {}
+FAIL_ENV = "AUDIO_WGAN_FAIL_AT"
+_counts: dict[tuple[str, str], int] = {}
+
+
+class InjectedFault(RuntimeError):
+    """The failure AUDIO_WGAN_FAIL_AT asked for (tests of retries)."""
 
 
 def fault_point(name: str) -> None:
-    spec = os.environ.get(KILL_ENV)
+    if _due(KILL_ENV, name):
+        _kill()
+    if _due(FAIL_ENV, name):
+        raise InjectedFault(f"injected failure at {name}")
+
+
+def _due(env: str, name: str) -> bool:
+    """Whether this is the n-th pass of point `name` that `env` names."""
+    spec = os.environ.get(env)
     if not spec:
-        return
+        return False
     point, _, nth = spec.partition(":")
     if point != name:
-        return
-    _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] == int(nth or 1):
-        _kill()
+        return False
+    key = (env, name)
+    _counts[key] = _counts.get(key, 0) + 1
+    return _counts[key] == int(nth or 1)
 
 
 def fault_file(path: str) -> None:

@@ -132,6 +132,11 @@ def start_system_metrics(run_id: str) -> Any | None:
         return None
 
 
+def log_dict(run_id: str, value: Mapping[str, Any], artifact_file: str) -> None:
+    """A small JSON document as an artifact of the run."""
+    registry.client().log_dict(run_id, dict(value), artifact_file)
+
+
 def log_artifacts(run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
     registry.client().log_artifacts(run_id, str(local_dir), artifact_path)
 

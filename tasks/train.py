@@ -9,7 +9,9 @@ one block.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -33,14 +35,19 @@ from storage import registry
 from storage.checkpoints import (
     CheckpointError,
     check_fingerprint,
+    checkpoint_digest,
+    export_bundle_from_checkpoint,
     list_checkpoints,
+    load_checkpoint,
     load_latest,
     save_checkpoint,
 )
+from storage.fault_points import fault_point
 from storage.mel_store import MelStore, StoreError
-from storage.model_bundle import save_bundle
+from storage.model_bundle import load_bundle_dir
 from tasks import tracking
 from tasks.render import render_samples
+from tasks.run_context import in_prefect_run
 from tasks.tracking import MetricBatcher
 
 LOSS_KEYS = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein")
@@ -157,6 +164,45 @@ def training_rows(store: MelStore) -> np.ndarray:
     return np.flatnonzero(parts == FIT_PART)
 
 
+_OPENED: dict[tuple[Any, ...], TrainingData] = {}  # one entry: the run in progress
+
+
+def training_data(store: str, batch_size: int, seed: int, memory_budget_mb: int = 2048
+                  ) -> TrainingData:
+    """`open_training_data`, read once per process and store content rather than once per
+    task: every block of a run (and its renders) asks for the same data. Keyed by the
+    store's fingerprint, so changed content is read afresh; holds one entry."""
+    try:
+        with MelStore.open(store) as ms:
+            fingerprint = str(ms.fingerprint)
+    except (StoreError, FileNotFoundError) as exc:
+        raise TrainingError(f"cannot open store {store}: {_one_line(exc)}") from None
+    key = (store, batch_size, seed, memory_budget_mb, fingerprint)
+    if key not in _OPENED:
+        forget_training_data()
+        _OPENED[key] = open_training_data(store, batch_size, seed, memory_budget_mb)
+    return _OPENED[key]
+
+
+def forget_training_data() -> None:
+    """Drop the data `training_data` keeps (and the store lease it holds)."""
+    _OPENED.clear()
+
+
+def summarise(data: TrainingData) -> dict[str, Any]:
+    """What the flow and the checkpoints need to know of the data, as plain values."""
+    return {"store": data.store, "rows": data.rows, "classes": list(data.classes),
+            "resident": data.resident, "mel": data.mel.to_dict(),
+            "fingerprint": data.fingerprint, "info": dict(data.info),
+            "norm_mean": data.mean.tolist(), "norm_std": data.std.tolist()}
+
+
+def describe_training_data(store: str, batch_size: int, seed: int,
+                           memory_budget_mb: int = 2048) -> dict[str, Any]:
+    """`summarise` of the store's training data (read here once for the run's blocks)."""
+    return summarise(training_data(store, batch_size, seed, memory_budget_mb))
+
+
 def set_cpu_threads(device: str, threads: int) -> None:
     """Pin torch's intra-op threads for CPU training (0 leaves torch's default)."""
     if threads > 0 and not (device.startswith("cuda") or
@@ -171,15 +217,24 @@ class Start:
     """How this run begins: fresh, resumed exactly, or warm-started from other weights."""
 
     mode: str  # "fresh" | "resume" | "warm-start"
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # resumed or warm-started from
     epoch: int = 0
     skipped: list[str] = field(default_factory=list)
+    step: int = 0
+    # the checkpoint the first block starts from ({"path", "sha256"}; None: fresh weights)
+    weights: dict[str, str] | None = None
+    device: str = "cpu"
 
 
-def checkpoint_meta(data: TrainingData, cfg: TrainConfig) -> dict[str, Any]:
-    return {"fingerprint": data.fingerprint, "store": data.store, "classes": data.classes,
-            "mel": data.mel.to_dict(), "preset": cfg.preset,
-            "norm_mean": data.mean.tolist(), "norm_std": data.std.tolist()}
+def checkpoint_meta(summary: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """Checkpoint meta from `summarise`'s values: enough to resume, check and export."""
+    return {**{k: summary[k] for k in ("fingerprint", "store", "classes", "mel",
+                                       "norm_mean", "norm_std")}, "preset": cfg.preset}
+
+
+def checkpoint_ref(path: str | Path) -> dict[str, str]:
+    """A checkpoint as a task hands it on: its path and the SHA-256 its sidecar records."""
+    return {"path": str(path), "sha256": checkpoint_digest(path)}
 
 
 def prepare_trainer(cfg: TrainConfig, data: TrainingData, checkpoint_dir: str, resume: bool,
@@ -190,11 +245,7 @@ def prepare_trainer(cfg: TrainConfig, data: TrainingData, checkpoint_dir: str, r
     store: refused unless `warm_start`, which takes the weights whose shapes still fit
     (fresh optimisers) and keeps counting epochs from the checkpoint.
     """
-    n_mels, frames = data.mel.n_mels, data.mel.frames
-    try:
-        trainer = WGANTrainer(cfg, len(data.classes), n_mels, frames)
-    except ValueError as exc:
-        raise TrainingError(_one_line(exc)) from None
+    trainer = new_trainer(cfg, data)
     existing = list_checkpoints(checkpoint_dir)
     if not (resume or warm_start):
         if existing:
@@ -223,6 +274,28 @@ def prepare_trainer(cfg: TrainConfig, data: TrainingData, checkpoint_dir: str, r
     skipped = trainer.warm_start(state)
     trainer.epoch, trainer.step = int(state.get("epoch", 0)), int(state.get("step", 0))
     return trainer, Start("warm-start", str(path), trainer.epoch, skipped)
+
+
+WARM_START_DIR = ".warm-start"  # the warm-started weights the first block starts from
+
+
+def plan_start(cfg: TrainConfig, store: str, memory_budget_mb: int, checkpoint_dir: str,
+               resume: bool, warm_start: bool) -> Start:
+    """`prepare_trainer`'s decision as values: how the run starts and the checkpoint its
+    first block loads. Warm-started weights (which no checkpoint of this run holds) are
+    written to `<checkpoint_dir>/.warm-start/` for it."""
+    data = training_data(store, cfg.batch_size, cfg.seed, memory_budget_mb)
+    trainer, start = prepare_trainer(cfg, data, checkpoint_dir, resume, warm_start)
+    start.step, start.device = trainer.step, str(trainer.device)
+    if start.mode == "resume":
+        start.weights = checkpoint_ref(str(start.checkpoint))
+    elif start.mode == "warm-start":
+        folder = Path(checkpoint_dir) / WARM_START_DIR
+        shutil.rmtree(folder, ignore_errors=True)  # an older run's: the epoch may be later
+        path = save_checkpoint(folder, trainer.state_dict(), trainer.epoch, keep_last=1,
+                               meta=checkpoint_meta(summarise(data), cfg))
+        start.weights = checkpoint_ref(path)
+    return start
 
 
 # --- progress ------------------------------------------------------------------------------
@@ -316,22 +389,88 @@ def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoin
     path = save_checkpoint(checkpoint_dir, trainer.state_dict(), trainer.epoch,
                            keep_last=cfg.keep_last, meta=meta)
     last = history[-1] if history else {}
-    _checkpoint_artifact(path, trainer, last)
     return {"checkpoint": str(path), "epoch": trainer.epoch, "step": trainer.step,
             "history": history, "last": last,
             "stopped": budget is not None and budget.exhausted()}
 
 
-def _checkpoint_artifact(path: Path, trainer: WGANTrainer, last: dict[str, Any]) -> None:
-    rows = "\n".join(f"| {k} | {last[k]:.4g} |" for k in (*LOSS_KEYS, "samples_per_s")
-                     if k in last and isinstance(last[k], float) and math.isfinite(last[k]))
-    md = (f"### Checkpoint, epoch {trainer.epoch}\n\n`{path}`\n\n"
-          f"generator steps: {trainer.step}\n\n| metric | last epoch |\n|---|---|\n{rows}\n")
+def train_epochs(spec: dict[str, Any], start: dict[str, str] | None) -> dict[str, Any]:
+    """One block of a run, from files to files: load the checkpoint `start` ({"path",
+    "sha256"}; None: fresh weights), train to `spec["until"]`, checkpoint. The result is
+    `train_block`'s plus the new checkpoint's sha256, which the next block is handed.
+
+    Nothing lives on between blocks but the data cache, so a retried block starts again
+    from its input and ends where a first try would have. `spec` is what the ranks of a
+    parallel block get too (`tasks.train_run`), plus `run_id` / `progress_id` for MLflow
+    and Prefect.
+    """
+    cfg = TrainConfig.from_dict(spec["config"])
+    data = training_data(spec["store"], cfg.batch_size, cfg.seed,
+                         int(spec.get("memory_budget_mb", 2048)))
+    check_same_store(data, spec)
+    trainer = new_trainer(cfg, data)
+    if start is not None:
+        try:
+            trainer.load_state_dict(load_checkpoint(start["path"], sha256=start.get("sha256")))
+        except (CheckpointError, ValueError, RuntimeError, KeyError) as exc:
+            raise TrainingError(f"cannot start the block: {_one_line(exc)}") from None
+    budget = TimeBudget(spec["budget_s"]) if spec.get("budget_s") else None
+    metrics = MetricBatcher(spec["run_id"]) if spec.get("run_id") else None
+    block = train_block(trainer, data, int(spec["epochs"]), spec["checkpoint_dir"],
+                        spec["meta"], metrics, spec.get("progress_id"), bool(spec.get("echo")),
+                        on_epoch=lambda stats: fault_point(f"block-epoch{stats.epoch}"),
+                        stop_at=int(spec["until"]), budget=budget)
+    block["sha256"] = checkpoint_digest(block["checkpoint"])
+    return block
+
+
+def check_same_store(data: TrainingData, spec: dict[str, Any]) -> None:
+    """A block trains on the content the run started with (TrainingError otherwise)."""
+    expected = str(spec["meta"]["fingerprint"])
+    if data.fingerprint != expected:
+        raise TrainingError(f"store {spec['store']} changed during training (fingerprint "
+                            f"{expected[:12]} -> {data.fingerprint[:12]}); train again to "
+                            f"continue from the latest checkpoint with --warm-start")
+
+
+def new_trainer(cfg: TrainConfig, data: TrainingData) -> WGANTrainer:
+    """A fresh trainer for `data`'s classes and mel shape (a bad config: one line)."""
     try:
-        create_markdown_artifact(md, key="train-checkpoint",
-                                 description=f"checkpoint at epoch {trainer.epoch}")
-    except Exception:  # noqa: BLE001 - outside a Prefect run there is nowhere to put it
-        pass
+        return WGANTrainer(cfg, len(data.classes), data.mel.n_mels, data.mel.frames)
+    except ValueError as exc:
+        raise TrainingError(_one_line(exc)) from None
+
+
+def retry_transient(task: Task, task_run: Any, state: Any) -> bool:
+    """Retry a failed block unless it failed for a reason a retry repeats (TrainingError:
+    a bad store, a NaN loss, a damaged checkpoint)."""
+    try:
+        state.result()
+    except TrainingError:
+        return False
+    except BaseException:  # noqa: BLE001 - anything else may pass on a second try
+        return True
+    return True
+
+
+def publish_checkpoint(block: dict[str, Any], run_id: str | None) -> None:
+    """List a block's checkpoint where its run is looked at: a Prefect markdown artifact
+    (inside a run) and `checkpoints/<name>.json` in the MLflow run (path, SHA-256, epoch,
+    step, last losses). The file itself stays in the checkpoint folder."""
+    path, last = Path(block["checkpoint"]), block.get("last") or {}
+    figures = {k: last[k] for k in (*LOSS_KEYS, "samples_per_s")
+               if isinstance(last.get(k), float) and math.isfinite(last[k])}
+    if in_prefect_run():
+        rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in figures.items())
+        create_markdown_artifact(
+            f"### Checkpoint, epoch {block['epoch']}\n\n`{path}`\n\nSHA-256 "
+            f"`{block['sha256']}`\n\ngenerator steps: {block['step']}\n\n"
+            f"| metric | last epoch |\n|---|---|\n{rows}\n",
+            key="train-checkpoint", description=f"checkpoint at epoch {block['epoch']}")
+    if run_id:
+        tracking.log_dict(run_id, {"path": str(path), "sha256": block["sha256"],
+                                   "epoch": block["epoch"], "step": block["step"],
+                                   "last": figures}, f"checkpoints/{path.name}.json")
 
 
 # --- samples during training ---------------------------------------------------------------
@@ -341,19 +480,25 @@ def next_render_epoch(epoch: int, sample_every: int) -> int:
     return (epoch // sample_every + 1) * sample_every
 
 
-def render_epoch(trainer: WGANTrainer, data: TrainingData, samples_dir: str,
-                 history: list[dict[str, Any]], run_id: str | None = None,
-                 per_class: int = 4, griffin_lim_iters: int = 32) -> dict[str, Any]:
-    """Render the fixed latent grid with the EMA generator, then log the samples folder
-    (grid PNG, wavs, loss curve, gallery) to the MLflow run. `render_samples` publishes
-    the Prefect markdown artifact itself."""
-    paths = render_samples.fn(
-        trainer.ema_generator, data.classes, data.mel,
-        Normaliser(torch.from_numpy(data.mean), torch.from_numpy(data.std)),
-        out_dir=samples_dir, epoch=trainer.epoch, per_class=per_class,
-        griffin_lim_iters=griffin_lim_iters, history=history,
-        real=None if data.real_examples is None else (
-            torch.from_numpy(data.real_examples[0]), torch.from_numpy(data.real_examples[1])))
+def render_checkpoint(checkpoint: str, spec: dict[str, Any], samples_dir: str,
+                      history: list[dict[str, Any]], run_id: str | None = None,
+                      per_class: int = 4, griffin_lim_iters: int = 32) -> dict[str, Any]:
+    """`render_epoch` from a checkpoint file: its EMA generator, through the bundle it
+    exports (the same weights a registered model serves), beside the store's real clips."""
+    cfg = TrainConfig.from_dict(spec["config"])
+    data = training_data(spec["store"], cfg.batch_size, cfg.seed,
+                         int(spec.get("memory_budget_mb", 2048)))
+    with tempfile.TemporaryDirectory(prefix="render-") as tmp:
+        try:
+            bundle = load_bundle_dir(export_bundle_from_checkpoint(checkpoint, Path(tmp) / "b"))
+        except (CheckpointError, ValueError) as exc:
+            raise TrainingError(f"cannot render {Path(checkpoint).name}: "
+                                f"{_one_line(exc)}") from None
+    real = None if data.real_examples is None else (
+        torch.from_numpy(data.real_examples[0]), torch.from_numpy(data.real_examples[1]))
+    paths = render_samples.fn(bundle, out_dir=samples_dir, epoch=int(bundle.meta["epoch"]),
+                              per_class=per_class, griffin_lim_iters=griffin_lim_iters,
+                              history=history, real=real)
     if run_id:
         tracking.log_artifacts(run_id, samples_dir, "samples")
     return paths
@@ -361,17 +506,13 @@ def render_epoch(trainer: WGANTrainer, data: TrainingData, samples_dir: str,
 
 # --- export and registration ---------------------------------------------------------------
 
-def export_bundle(trainer: WGANTrainer, data: TrainingData, out_dir: str,
-                  meta: dict[str, Any] | None = None) -> str:
-    """The EMA generator as a bundle directory (state_dict + model.json)."""
-    info = {"epoch": trainer.epoch, "step": trainer.step, "fingerprint": data.fingerprint,
-            "store": data.store, "train_config": trainer.cfg.to_dict(), **(meta or {})}
+def export_checkpoint(checkpoint: str, out_dir: str, extra: dict[str, Any] | None = None
+                      ) -> str:
+    """The checkpoint's EMA generator as a bundle directory (state_dict + model.json)."""
     try:
-        path = save_bundle(out_dir, trainer.ema_generator.state_dict(), trainer.cfg.preset,
-                           data.classes, data.mel, data.mean, data.std, info)
-    except ValueError as exc:
+        return str(export_bundle_from_checkpoint(checkpoint, out_dir, extra))
+    except CheckpointError as exc:
         raise TrainingError(_one_line(exc)) from None
-    return str(path)
 
 
 def register_model(bundle_dir: str, run_id: str, model_name: str,
@@ -386,9 +527,10 @@ def register_model(bundle_dir: str, run_id: str, model_name: str,
 
 # --- Prefect task wrappers -----------------------------------------------------------------
 
-load_data_task = task(open_training_data, name="load-training-data", cache_policy=NO_CACHE)
-prepare_trainer_task = task(prepare_trainer, name="prepare-trainer", cache_policy=NO_CACHE)
-train_block_task = task(train_block, name="train-epochs", cache_policy=NO_CACHE)
-export_bundle_task = task(export_bundle, name="export-bundle", cache_policy=NO_CACHE)
+load_data_task = task(describe_training_data, name="load-training-data", cache_policy=NO_CACHE)
+plan_start_task = task(plan_start, name="prepare-trainer", cache_policy=NO_CACHE)
+train_epochs_task = task(train_epochs, name="train-epochs", cache_policy=NO_CACHE,
+                         retry_condition_fn=retry_transient)
+export_bundle_task = task(export_checkpoint, name="export-bundle", cache_policy=NO_CACHE)
 register_model_task = task(register_model, name="register-model", cache_policy=NO_CACHE)
-render_epoch_task = task(render_epoch, name="render-samples", cache_policy=NO_CACHE)
+render_epoch_task = task(render_checkpoint, name="render-samples", cache_policy=NO_CACHE)

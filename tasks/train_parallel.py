@@ -2,8 +2,9 @@
 and the entry point each rank runs (`python -m tasks.train_parallel SPEC.json`).
 
 The task exchanges files, not objects: it hands the ranks a JSON spec (store, training
-config, the checkpoint to start from, the epoch to stop at, the time left) and gets back
-the checkpoint rank 0 wrote plus the block's per-epoch statistics. Every rank opens the
+config, the checkpoint to start from with its SHA-256, the epoch to stop at, the time left)
+and gets back the checkpoint rank 0 wrote (path + SHA-256) plus the block's per-epoch
+statistics. Every rank opens the
 store, builds the same `WGANTrainer` with its `World`, loads the same start checkpoint and
 runs `fit`; DDP averages the gradients, so the ranks' weights stay identical. Only rank 0
 writes the checkpoint, the result file and progress lines. A rank that dies ends the whole
@@ -29,9 +30,15 @@ from prefect.cache_policies import NO_CACHE
 from gan.devices import resolve_device
 from gan.distributed import World
 from gan.trainer import EpochStats, NonFiniteLossError, TimeBudget, TrainConfig, WGANTrainer
-from storage.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from storage.checkpoints import (
+    CheckpointError,
+    checkpoint_digest,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from storage.fault_points import fault_point
-from tasks.train import TrainingError, open_training_data, progress_line
+from tasks.train import TrainingError, check_same_store, open_training_data, progress_line
 
 MONITOR_INTERVAL_S = 1  # how often torchrun looks for a dead rank
 _ROOT_CAUSE = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
@@ -57,16 +64,17 @@ def failure_reason(log: str) -> str:
 
 
 @task(name="train-epochs-parallel", cache_policy=NO_CACHE)
-def train_block_parallel(nproc: int, spec: dict[str, Any], start_checkpoint: str | None
+def train_block_parallel(nproc: int, spec: dict[str, Any], start: dict[str, str] | None
                          ) -> dict[str, Any]:
-    """Run one block on `nproc` ranks from `start_checkpoint` (None: fresh weights); the
-    same result dict as `tasks.train.train_block`. Raises TrainingError (one line)."""
+    """Run one block on `nproc` ranks from the checkpoint `start` ({"path", "sha256"};
+    None: fresh weights); the same result dict as `tasks.train.train_epochs`. Raises
+    TrainingError (one line)."""
     ck_dir = Path(spec["checkpoint_dir"])
     ck_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ranks-", dir=ck_dir) as tmp:
         result_path = Path(tmp) / "result.json"
         spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps({**spec, "start_checkpoint": start_checkpoint,
+        spec_path.write_text(json.dumps({**spec, "start": start,
                                          "result": str(result_path)}))
         log_path = Path(tmp) / "torchrun.log"
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, int(spec.get("cpu_threads", 1))))}
@@ -79,7 +87,7 @@ def train_block_parallel(nproc: int, spec: dict[str, Any], start_checkpoint: str
             why = (result or {}).get("error") or failure_reason(log_path.read_text())
             raise TrainingError(f"training stopped: {why}; latest checkpoint stays "
                                 f"{kept[-1].name if kept else 'none'}; nothing registered")
-    return result
+    return {**result, "sha256": checkpoint_digest(result["checkpoint"])}
 
 
 # --- what each rank runs ---------------------------------------------------------------
@@ -94,11 +102,20 @@ def run_rank(spec: dict[str, Any]) -> None:
     main = world.is_main
     world.join(resolve_device(world.device(cfg.device)))  # DDP needs the group first
     try:
-        data = open_training_data(spec["store"], cfg.batch_size, cfg.seed,
-                                  int(spec.get("memory_budget_mb", 2048)))
-        trainer = WGANTrainer(cfg, len(data.classes), data.mel.n_mels, data.mel.frames, world)
-        if spec.get("start_checkpoint"):
-            trainer.load_state_dict(load_checkpoint(spec["start_checkpoint"]))
+        try:  # every rank reads the same store and file, so all refuse alike
+            data = open_training_data(spec["store"], cfg.batch_size, cfg.seed,
+                                      int(spec.get("memory_budget_mb", 2048)))
+            check_same_store(data, spec)
+            trainer = WGANTrainer(cfg, len(data.classes), data.mel.n_mels, data.mel.frames,
+                                  world)
+            if spec.get("start"):
+                start = spec["start"]
+                trainer.load_state_dict(load_checkpoint(start["path"],
+                                                        sha256=start["sha256"]))
+        except (TrainingError, CheckpointError) as exc:
+            if main:
+                Path(spec["result"]).write_text(json.dumps({"error": str(exc)}))
+            return
         budget = TimeBudget(spec["budget_s"]) if spec.get("budget_s") else None
         history: list[dict[str, Any]] = []
 

@@ -269,12 +269,12 @@ def test_training_checkpoint_meta_holds_what_export_needs() -> None:
 
     from gan.spectral import MelConfig
     from storage.checkpoints import EXPORT_META
-    from tasks.train import TrainingData, checkpoint_meta
+    from tasks.train import TrainingData, checkpoint_meta, summarise
 
     data = TrainingData(data=ResidentData(torch.zeros(2, 1, 16, 16), torch.arange(2)),
                         classes=["a", "b"], mel=MelConfig(n_mels=16, frames=16),
                         mean=np.zeros(16, np.float32), std=np.ones(16, np.float32),
                         fingerprint="f", store="/tmp/s", rows=2, resident=True)
-    meta = checkpoint_meta(data, TrainConfig(preset="tiny", device="cpu"))
+    meta = checkpoint_meta(summarise(data), TrainConfig(preset="tiny", device="cpu"))
     assert set(EXPORT_META) <= set(meta)
     assert meta["norm_std"] == [1.0] * 16

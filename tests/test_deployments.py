@@ -111,6 +111,23 @@ def test_deploy_and_run_through_a_worker(tmp_path: Path, monkeypatch: pytest.Mon
             n_files = CLIPS * len(CLASSES)
             assert len(opened) >= 2 * n_files and len(opened) % n_files == 0
 
+            # train/demo on 2 gloo ranks: the worker's flow run launches torchrun itself
+            ddp_ck = tmp_path / "ddp-ck"
+            tr = server.cli("deployment", "run", "train/demo", "--params", json.dumps({
+                "store": str(store), "preset": "tiny", "epochs": 2, "nproc": 2,
+                "batch_size": 8, "checkpoint_every": 1, "checkpoint_dir": str(ddp_ck),
+                "resume": False, "register": False, "render": False, "device": "cpu"}))
+            run = wait_flow_run(server, _flow_run_id(tr.stdout), timeout=300,
+                                logs=[worker.log])
+            assert run.state.type.value == "COMPLETED", tail(worker.log)
+            from storage.checkpoints import list_checkpoints, load_checkpoint
+
+            assert [c.name for c in list_checkpoints(ddp_ck)] == ["epoch_00001.pt",
+                                                                   "epoch_00002.pt"]
+            state = load_checkpoint(ddp_ck / "epoch_00002.pt")
+            assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+            assert (ddp_ck / "bundle" / "model.json").is_file()
+
             rt = server.cli("deployment", "run", "retrain/weekly",
                             "--params", json.dumps(retrain_params))
             rt_id = _flow_run_id(rt.stdout)

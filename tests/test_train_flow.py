@@ -86,6 +86,9 @@ def test_cli_trains_registers_and_generates(tmp_path, data_and_store, mlflow_uri
     progress, note = Artifact.get("train-progress"), Artifact.get("train-checkpoint")
     assert progress.type == "progress" and float(progress.data) == pytest.approx(100.0)
     assert note.type == "markdown" and "epoch_00002.pt" in note.data
+    # ... and the MLflow run lists its checkpoints (path + SHA-256) beside the samples
+    listed = {a.path for a in c.list_artifacts(run.info.run_id, "checkpoints")}
+    assert listed == {"checkpoints/epoch_00001.pt.json", "checkpoints/epoch_00002.pt.json"}
 
     # generate from the champion: wavs of the store's rate and example length
     gen = tmp_path / "gen"
@@ -198,3 +201,57 @@ def test_bad_parameters_are_one_line(tmp_path, data_and_store, mlflow_uri, capsy
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("audio-wgan train: error:"), err
     assert not (tmp_path / "ck").exists()
+
+
+def test_a_failed_block_is_retried_from_its_input_checkpoint(tmp_path, data_and_store,
+                                                             mlflow_uri, monkeypatch):
+    """Issue 13 item 2: blocks hand each other checkpoint files, so a block that fails
+    half-way (after epoch 3 of the block 3-4) runs again from the epoch-2 checkpoint and
+    the run ends with exactly the weights of a run that never failed."""
+    import torch
+
+    from storage import fault_points
+    from storage.checkpoints import load_checkpoint
+
+    _, store = data_and_store
+    run = {**FAST, "checkpoint_every": 2, "epochs": 4, "register": False, "render": False}
+    clean = train(store=str(store), checkpoint_dir=str(tmp_path / "clean"), **run)
+
+    monkeypatch.setattr(fault_points, "_counts", {})
+    monkeypatch.setenv(fault_points.FAIL_ENV, "block-epoch3:1")
+    with pytest.raises(fault_points.InjectedFault):  # no retries: the run fails
+        train(store=str(store), checkpoint_dir=str(tmp_path / "once"), **run)
+    assert [p.name for p in list_checkpoints(tmp_path / "once")] == ["epoch_00002.pt"]
+
+    monkeypatch.setattr(fault_points, "_counts", {})
+    retried = train(store=str(store), checkpoint_dir=str(tmp_path / "retried"),
+                    block_retries=1, **run)
+    # epoch 3 was reached twice: by the failed try and by the retry
+    assert fault_points._counts[(fault_points.FAIL_ENV, "block-epoch3")] == 2
+    assert retried["epoch"] == clean["epoch"] == 4 and retried["step"] == clean["step"]
+    a, b = load_checkpoint(clean["checkpoint"]), load_checkpoint(retried["checkpoint"])
+    for net in ("generator", "critic", "ema_generator"):
+        assert a[net].keys() == b[net].keys()
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after the retry"
+
+
+def test_a_block_refuses_a_start_checkpoint_that_is_not_the_one_handed_on(tmp_path,
+                                                                          data_and_store):
+    """The SHA-256 travels with the path: a file replaced between blocks is one line."""
+    from flows.train import TrainParams
+    from tasks.train import checkpoint_meta, checkpoint_ref, describe_training_data, train_epochs
+    from tasks.train_run import block_spec
+
+    _, store = data_and_store
+    p = TrainParams(store=str(store), epochs=2, checkpoint_dir=str(tmp_path / "ck"), **FAST)
+    cfg = p.train_config()
+    meta = checkpoint_meta(describe_training_data(str(store), 16, 0), cfg)
+    spec = {**block_spec(cfg, str(store), meta, p.run_plan(), None, None), "until": 1}
+    first = train_epochs(spec, None)
+    assert first["epoch"] == 1 and first["sha256"] == checkpoint_ref(first["checkpoint"])["sha256"]
+    second = train_epochs({**spec, "until": 2}, checkpoint_ref(first["checkpoint"]))
+    assert second["epoch"] == 2
+    with pytest.raises(TrainingError, match="not the checkpoint the previous block wrote"):
+        train_epochs({**spec, "until": 2}, {"path": first["checkpoint"],
+                                            "sha256": second["sha256"]})

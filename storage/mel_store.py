@@ -150,6 +150,12 @@ class MelStore:
             lease.release()
             raise
 
+    @property
+    def location(self) -> str:
+        """Where the store lives, as another process opens it: an absolute path, or the
+        URL of an object store (`str(Path(url))` would mangle `s3://`)."""
+        return self.backend.location
+
     def close(self) -> None:
         """Release the lease on the arrays (a later compaction may then delete them); reads
         after this raise StoreError instead of serving arrays that may be gone."""

@@ -50,6 +50,7 @@ class StoreBackend(Protocol):
     kind: str
     path: Any  # a Path (local) or the URL (object store): what messages show
     url: str
+    location: str  # what another process opens: an absolute path, or the URL
 
     def exists(self) -> bool: ...
     def check_place(self) -> None: ...
@@ -79,6 +80,10 @@ class LocalBackend:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = local_path(path)
         self.url = str(self.path)
+
+    @property
+    def location(self) -> str:
+        return str(self.path.resolve())
 
     def __str__(self) -> str:
         return self.url

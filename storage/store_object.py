@@ -63,6 +63,7 @@ class ObjectBackend:
         check_protocol(url)
         self.url = url.rstrip("/")
         self.path = self.url  # what MelStore/MelStoreWriter show as their path
+        self.location = self.url
         self.options = storage_options(options)
         self.lease_s = float(lease_s if lease_s is not None
                              else os.environ.get(LEASE_ENV, DEFAULT_LEASE_S))

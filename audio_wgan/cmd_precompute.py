@@ -109,9 +109,10 @@ def run(args: SimpleNamespace) -> int:
     # a temporary Prefect server started for this run has nowhere to send telemetry
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from audio_wgan.command import UserError
+    from audio_wgan.progress_display import shown
     from flows.precompute import precompute
     from storage.mel_store import StoreError, safe_text, to_json
-    from tasks.precompute import PrecomputeError, progress_listener
+    from tasks.precompute import PrecomputeError
 
     if args.dask_address is not None and args.pool != "dask":
         raise UserError("--dask-address needs --pool dask")
@@ -122,27 +123,15 @@ def run(args: SimpleNamespace) -> int:
     if not os.path.lexists(args.store):  # an existing store keeps (and checks) its own
         check_mel(mel)
     output_dir(args.store, "--store")
-    tty = sys.stderr.isatty()
-
-    def show(p: dict[str, Any]) -> None:
-        line = (f"precompute: {p['done']}/{p['total']} files, {p['rows']} rows, "
-                f"{p['clips_per_s']:.1f} clips/s")
-        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr,
-              flush=True)
-
     try:
-        with progress_listener(show), quiet_prefect_console():
+        with shown(lines=sys.stderr), quiet_prefect_console():
             summary = precompute(args.data_dir, args.store, mel or None,
                                  batch_size=args.batch_size, workers=args.workers,
                                  device=args.device, pool=args.pool,
                                  compact=COMPACT[args.compact],
                                  dask_address=args.dask_address)
     except (StoreError, PrecomputeError) as exc:
-        if tty:
-            print(file=sys.stderr)
         raise UserError(safe_text(str(exc))) from None
-    if tty:
-        print(file=sys.stderr)
     if args.json:
         print(to_json(summary))
     else:

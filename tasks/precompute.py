@@ -14,18 +14,14 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from prefect import get_run_logger, task
-from prefect.artifacts import (
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
@@ -42,7 +38,7 @@ from tasks.extract_pools import (
     dask_available,
     extract_runner,
 )
-from tasks.run_context import in_prefect_run
+from tasks.progress import report
 from tasks.source_scan import (
     DataDirError,
     Plan,
@@ -56,7 +52,7 @@ __all__ = [
     "DEFAULT_BATCH_FILES", "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock",
     "check_params",
     "compute_and_append",
-    "finalize_store", "open_store", "progress_listener", "publish_summary",
+    "finalize_store", "open_store", "publish_summary",
     "raise_if_unusable", "scan_sources",
 ]
 
@@ -98,54 +94,27 @@ def default_workers() -> int:
 
 
 # ----------------------------------------------------------------- progress
-_listeners: list[Callable[[dict[str, Any]], None]] = []
-
-
-@contextlib.contextmanager
-def progress_listener(fn: Callable[[dict[str, Any]], None]) -> Iterator[None]:
-    """Receive {done, total, rows, clips_per_s} updates while precompute runs (CLI)."""
-    _listeners.append(fn)
-    try:
-        yield
-    finally:
-        _listeners.remove(fn)
-
-
 class _Progress:
-    """Prefect progress artifact (inside a run) plus in-process listeners.
+    """Files done so far, reported (tasks.progress: the CLI's display, the run's Prefect
+    progress artifact) at the start, every half second and at the end."""
 
-    Listeners hear every half second; the artifact (an API round trip) every few seconds.
-    """
-
-    LISTENER_EVERY_S = 0.5
-    ARTIFACT_EVERY_S = 3.0
+    EVERY_S = 0.5
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.t0 = time.perf_counter()
-        self.last = self.last_artifact = self.t0
-        self.artifact = None
-        if in_prefect_run() and total:
-            with contextlib.suppress(Exception):  # progress must never fail the run
-                self.artifact = create_progress_artifact(
-                    0.0, key="precompute-progress", description=f"{total} files to process")
+        self.t0 = self.last = time.perf_counter()
+        if total:
+            report("precompute", 0, total, f"precompute: 0/{total} files")
 
     def update(self, done: int, rows: int, final: bool = False) -> None:
         now = time.perf_counter()
-        if not final and now - self.last < self.LISTENER_EVERY_S:
+        if not final and now - self.last < self.EVERY_S:
             return
         self.last = now
         rate = done / max(now - self.t0, 1e-9)
-        info = {"done": done, "total": self.total, "rows": rows, "clips_per_s": rate}
-        for fn in list(_listeners):
-            fn(info)
-        if self.artifact is not None and (final or now - self.last_artifact
-                                          >= self.ARTIFACT_EVERY_S):
-            self.last_artifact = now
-            with contextlib.suppress(Exception):
-                pct = 100.0 * done / max(self.total, 1)
-                update_progress_artifact(self.artifact, pct,
-                                         description=f"{done}/{self.total} files, {rows} rows")
+        report("precompute", done, self.total,
+               f"precompute: {done}/{self.total} files, {rows} rows, {rate:.1f} clips/s",
+               rows=rows, clips_per_s=rate)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
 """The quick commands start at once: `--help` (of every command), `models` and `store-info`
-import neither torch nor Prefect (and only `models` imports MLflow). Each runs as the
+import neither torch nor Prefect nor rich (and only `models` imports MLflow). Each runs as the
 console script runs it, in a fresh interpreter, which then reports what it imported."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from store_fixtures import build, new_file
 from audio_wgan.cli import COMMAND_MODULES
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "torchaudio", "prefect", "mlflow")
+HEAVY = ("torch", "torchaudio", "prefect", "mlflow", "rich")  # rich: only to draw a bar
 PROBE = ("import sys\n"
          "from audio_wgan.cli import main\n"
          "rc = main(sys.argv[1:])\n"

@@ -1,0 +1,76 @@
+"""The CLI's display of `tasks.progress` reports: a rich progress bar with ETA on a
+terminal, the jobs' own plain lines otherwise (a pipe, a log, a test), nothing when quiet.
+
+rich is imported only when a bar is drawn, so the quick commands never pay for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from tasks.progress import Progress, sink
+
+UNITS = {"precompute": "files", "train": "epochs", "render": "clips", "evaluate": "stages"}
+
+
+def wants_bar(stream: TextIO) -> bool:
+    """A person watches `stream`: a terminal that can redraw a line."""
+    return stream.isatty() and os.environ.get("TERM", "") != "dumb"
+
+
+@contextlib.contextmanager
+def shown(quiet: bool = False, lines: TextIO | None = None) -> Iterator[None]:
+    """Show every report made while the block runs: a bar on stderr when it is a terminal,
+    else each report's line on `lines` (default stderr); nothing when `quiet`."""
+    if quiet:
+        yield
+        return
+    if wants_bar(sys.stderr):
+        with _bars() as draw, sink(draw):
+            yield
+        return
+    out = lines or sys.stderr
+
+    def plain(p: Progress) -> None:
+        if p.done and p.note:  # the start (0 done) is the bar's; a log needs no line for it
+            print(p.note, file=out, flush=True)
+
+    with sink(plain):
+        yield
+
+
+@contextlib.contextmanager
+def _bars() -> Iterator[Any]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import (
+        Progress as Bars,
+    )
+
+    bars = Bars(TextColumn("{task.description}", markup=False), BarColumn(),
+                MofNCompleteColumn(), TextColumn("{task.fields[unit]}", markup=False),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                TextColumn("{task.fields[note]}", markup=False),
+                console=Console(file=sys.stderr), transient=False)
+    tasks: dict[str, Any] = {}
+
+    def draw(p: Progress) -> None:
+        note = p.note.removeprefix(f"{p.kind}: ")
+        if p.kind not in tasks:
+            tasks[p.kind] = bars.add_task(p.kind, total=max(p.total, 1), completed=p.done,
+                                          unit=UNITS.get(p.kind, ""), note=note)
+        else:
+            bars.update(tasks[p.kind], total=max(p.total, 1), completed=p.done, note=note)
+
+    with bars:
+        yield draw

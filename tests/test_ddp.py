@@ -44,7 +44,7 @@ def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _spawn(fn, tmp_path: Path, *args) -> list[dict]:  # noqa: ANN001
     out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     mp.spawn(fn, args=(str(tmp_path / "pg"), str(out), *args), nprocs=2, join=True)
     return [torch.load(out / f"{r}.pt", weights_only=True) for r in range(2)]
 
@@ -136,6 +136,53 @@ def test_a_step_on_two_ranks_equals_one_step_on_their_global_batch(tmp_path: Pat
     for name, g in _grads(single).items():
         torch.testing.assert_close(ranks[0]["grads"][name], g, rtol=1e-4, atol=1e-6)
         assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name])
+
+
+def _save_state_rank(rank: int, pg: str, out: str) -> None:
+    world = _join(rank, pg)
+    tr = WGANTrainer(TrainConfig(**CFG), N_CLASSES, H, W, world)
+    tr.fit(ResidentData(*_data()), 1)
+    state = tr.state_dict()  # collective
+    if rank == 0:
+        torch.save(state, Path(out) / "two-ranks.pt")
+    torch.save({}, Path(out) / f"{rank}.pt")
+    world.leave()
+
+
+def _resume_rank(rank: int, pg: str, out: str, path: str) -> None:
+    world = _join(rank, pg)
+    tr = WGANTrainer(TrainConfig(**CFG), N_CLASSES, H, W, world)
+    tr.load_state_dict(torch.load(path, weights_only=True))
+    loaded = {k: v.clone() for k, v in tr.generator.state_dict().items()}
+    tr.fit(ResidentData(*_data()), 2)
+    params = {n: t.detach() for n, t in tr.generator.named_parameters()}  # BN buffers stay
+    torch.save({"loaded": loaded, "params": params, "epoch": tr.epoch},  # rank-local
+               Path(out) / f"{rank}.pt")
+    world.leave()
+
+
+def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path: Path) -> None:
+    """N -> M ranks: weights, optimisers and counters continue exactly; the noise streams
+    start anew (seeded by seed, rank and epoch), so the run is not bitwise the one that
+    kept N ranks, and the effective batch becomes M x batch."""
+    _spawn(_save_state_rank, tmp_path / "a")
+    two = torch.load(tmp_path / "a" / "out" / "two-ranks.pt", weights_only=True)
+    assert two["world_size"] == 2
+    one = WGANTrainer(TrainConfig(**CFG), N_CLASSES, H, W)  # 2 ranks -> 1
+    one.load_state_dict(two)
+    assert one.epoch == 1 and one.critic_step == two["critic_step"]
+    one.fit(ResidentData(*_data()), 2)
+    assert one.epoch == 2 and one.weights_finite()
+
+    solo = WGANTrainer(TrainConfig(**CFG), N_CLASSES, H, W)  # 1 rank -> 2
+    solo.fit(ResidentData(*_data()), 1)
+    torch.save(solo.state_dict(), tmp_path / "solo.pt")
+    ranks = _spawn(_resume_rank, tmp_path / "b", str(tmp_path / "solo.pt"))
+    for name, t in solo.generator.state_dict().items():
+        assert torch.equal(ranks[0]["loaded"][name], t), name
+    for name, t in ranks[0]["params"].items():
+        assert torch.equal(t, ranks[1]["params"][name]), name
+    assert ranks[0]["epoch"] == ranks[1]["epoch"] == 2
 
 
 # ------------------------------------------------------------------ through torchrun

@@ -115,18 +115,15 @@ def _real_clips(samples_dir: Path, class_dir: str) -> list[int]:
                   if (m := _REAL_RE.match(p.name)))
 
 
-def _cell(samples_dir: Path, audio: str, thumb: str, alt: str, css: str = "") -> str:
-    img = (f'<img src="{thumb}" alt="{html.escape(alt)}">'
-           if (samples_dir / thumb_path(thumb)).is_file() else "")
+def _cell(samples_dir: Path, audio: tuple[str, ...], thumb: tuple[str, ...], alt: str,
+          css: str = "") -> str:
+    """One clip: its thumbnail (when written) above its player; paths relative to the
+    samples folder, as parts, so the link is quoted once and the file checked unquoted."""
+    img = (f'<img src="{_url(*thumb)}" alt="{html.escape(alt)}">'
+           if samples_dir.joinpath(*thumb).is_file() else "")
     cls = f' class="{css}"' if css else ""
     return (f"<td{cls}><figure>{img}<audio controls preload=\"metadata\" "
-            f'src="{audio}"></audio></figure></td>')
-
-
-def thumb_path(url: str) -> Path:
-    from urllib.parse import unquote
-
-    return Path(*[unquote(p) for p in url.split("/")])
+            f'src="{_url(*audio)}"></audio></figure></td>')
 
 
 _STYLE = """
@@ -182,12 +179,12 @@ def build_gallery_html(samples_dir: str | Path) -> str:
             ks = _clips(root, cdir, e)
             if not ks:
                 continue
-            real = [_cell(root, _url(REAL_AUDIO_DIR, cdir, f"real_{k}.wav"),
-                          _url(REAL_THUMB_DIR, cdir, f"real_{k}.png"), f"{name} real {k}",
+            real = [_cell(root, (REAL_AUDIO_DIR, cdir, f"real_{k}.wav"),
+                          (REAL_THUMB_DIR, cdir, f"real_{k}.png"), f"{name} real {k}",
                           "real") for k in _real_clips(root, cdir)]
             real += ["<td></td>"] * (n_real - len(real))
-            gen = [_cell(root, _url(AUDIO_DIR, cdir, f"{tag}_{k}.wav"),
-                         _url(THUMB_DIR, cdir, f"{tag}_{k}.png"), f"{name} {k}") for k in ks]
+            gen = [_cell(root, (AUDIO_DIR, cdir, f"{tag}_{k}.wav"),
+                         (THUMB_DIR, cdir, f"{tag}_{k}.png"), f"{name} {k}") for k in ks]
             gap = '<td class="gap"></td>' if n_real else ""
             rows.append(f"<tr><th>{esc(name)}</th>{''.join(real)}{gap}{''.join(gen)}</tr>")
         if rows:

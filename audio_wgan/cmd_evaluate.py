@@ -10,7 +10,11 @@ from typing import Annotated
 import typer
 
 from audio_wgan.command import dispatch
-from audio_wgan.params import model_option, option, seed_option
+from audio_wgan.params import model_option, option, ranged, seed_option
+from gan.limits import Range
+
+# two per class at least (diversity needs a pair); 10,000 per class is hours on a CPU
+N_PER_CLASS = Range("n-per-class", 2, 10_000, "an evaluation, not a data set")
 
 
 def register(app: typer.Typer) -> None:
@@ -33,8 +37,9 @@ def command(
     store: Annotated[str, option("--store", metavar="STORE", show_default=False,
                                  help="the model's mel store")],
     n_per_class: Annotated[int, option(
-        "--n-per-class", metavar="N", help="generated examples per class, 2..10000 "
-        "(default 32)")] = 32,
+        "--n-per-class", parser=ranged(N_PER_CLASS, "--n-per-class"), metavar="N",
+        help=f"generated examples per class, {N_PER_CLASS.lo}..{N_PER_CLASS.hi} (default 32)"
+    )] = 32,
     seed: Annotated[int, seed_option(20240)] = 20240,
     as_json: Annotated[bool, option(
         "--json", help="print a JSON object instead of a table")] = False,
@@ -47,18 +52,21 @@ def command(
 def run(args: SimpleNamespace) -> int:
     import sys
 
-    from audio_wgan.command import UserError
+    from audio_wgan.command import UserError, quiet_run_failures
     from audio_wgan.model_source import load_model_bundle
+    from audio_wgan.progress_display import shown
+    from flows.evaluate import evaluate
     from storage.mel_store import StoreError
-    from tasks.evaluate import EvaluationError, evaluate, format_table
+    from tasks.evaluate import EvaluationError, format_table
 
-    if not 2 <= args.n_per_class <= 10000:
-        raise UserError("--n-per-class must be between 2 and 10000")
-    bundle = load_model_bundle(args.model)
+    load_model_bundle(args.model)  # a bad model is one line before the flow starts
     if not args.json:
         print(f"evaluating {args.model} on {args.store} ...", file=sys.stderr, flush=True)
+    quiet_run_failures()
     try:
-        metrics = evaluate(bundle, args.store, n_per_class=args.n_per_class, seed=args.seed)
+        with shown(quiet=args.json, kinds={"evaluate"}):
+            metrics = evaluate(model=args.model, store=args.store,
+                               n_per_class=args.n_per_class, seed=args.seed)
     except (StoreError, EvaluationError) as exc:
         raise UserError(str(exc).strip().splitlines()[0]) from None
     if args.json:

@@ -48,19 +48,22 @@ def command(
 
 
 def run(args: SimpleNamespace) -> int:
-    from audio_wgan.command import UserError
-    from tasks.render import render
+    from audio_wgan.command import UserError, quiet_run_failures
+    from audio_wgan.progress_display import shown
+    from flows.render import render
 
     output_dir(args.out, "--out")
-    bundle = load_model_bundle(args.model)
+    bundle = load_model_bundle(args.model)  # a bad model is one line before the flow starts
     epoch = args.epoch if args.epoch is not None else int(bundle.meta.get("epoch", 0) or 0)
     n = len(bundle.class_names) * args.per_class
     print(f"rendering {n} clips ({len(bundle.class_names)} classes x {args.per_class}) "
           f"from {args.model} ...", flush=True)
+    quiet_run_failures()
     try:
-        paths = render(bundle, out_dir=args.out, epoch=epoch, per_class=args.per_class,
-                       seed=args.seed, griffin_lim_iters=args.griffin_lim_iters,
-                       title=f"{args.model} (epoch {epoch})")
+        with shown(kinds={"render"}):
+            paths = render(model=args.model, out_dir=args.out, per_class=args.per_class,
+                           seed=args.seed, griffin_lim_iters=args.griffin_lim_iters,
+                           epoch=epoch)
     except OSError as exc:
         raise UserError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
     print(f"grid:    {paths['grid']}")

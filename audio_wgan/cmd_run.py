@@ -63,8 +63,10 @@ def command(
 
 
 def run(args: SimpleNamespace) -> int:
-    from audio_wgan.cmd_train import quiet_run_failures
-    from audio_wgan.command import UserError
+    import sys
+
+    from audio_wgan.command import UserError, quiet_run_failures
+    from audio_wgan.progress_display import shown
     from flows.retrain import retrain
     from flows.train import validate_params
     from storage.registry import tracking_uri
@@ -80,11 +82,12 @@ def run(args: SimpleNamespace) -> int:
     quiet_run_failures()
     t0 = time.monotonic()
     try:
-        result = retrain(data_dir=args.data_dir, store=args.store, preset=args.preset,
-                         epochs=args.epochs, batch_size=args.batch_size,
-                         sample_every=args.sample_every, seed=args.seed, force=args.force,
-                         model_name=args.model_name, checkpoint_dir=CHECKPOINT_DIR,
-                         samples_dir=SAMPLES_DIR, show_progress=True)
+        with shown(lines=sys.stdout, kinds={"precompute", "train"}):
+            result = retrain(data_dir=args.data_dir, store=args.store, preset=args.preset,
+                             epochs=args.epochs, batch_size=args.batch_size,
+                             sample_every=args.sample_every, seed=args.seed, force=args.force,
+                             model_name=args.model_name, checkpoint_dir=CHECKPOINT_DIR,
+                             samples_dir=SAMPLES_DIR, show_progress=True)
     except (ValueError, RuntimeError, OSError) as exc:
         lines = str(exc).strip().splitlines()
         raise UserError(lines[0] if lines else type(exc).__name__) from None

@@ -73,23 +73,11 @@ def command(
     return dispatch("train", run, locals())
 
 
-def quiet_run_failures() -> None:
-    """Drop Prefect's console tracebacks for failed flow/task runs: the CLI prints the reason
-    as one line. The records still reach the Prefect API (the UI keeps them)."""
-    import logging
-
-    def keep(record: logging.LogRecord) -> bool:
-        failed_run = record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
-        return not (failed_run and record.levelno >= logging.ERROR)
-
-    for handler in logging.getLogger().handlers:
-        if type(handler).__name__ == "PrefectConsoleHandler":
-            handler.addFilter(keep)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-
-
 def run(args: SimpleNamespace) -> int:
-    from audio_wgan.command import UserError
+    import sys
+
+    from audio_wgan.command import UserError, quiet_run_failures
+    from audio_wgan.progress_display import shown
     from flows.train import train
     from storage.checkpoints import CheckpointError
     from storage.registry import RegistryError
@@ -99,14 +87,15 @@ def run(args: SimpleNamespace) -> int:
     output_dir(args.checkpoint_dir, "--checkpoint-dir")  # before any epoch is trained
     quiet_run_failures()
     try:
-        result = train(
-            store=args.store, preset=args.preset, epochs=args.epochs,
-            batch_size=args.batch_size, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
-            checkpoint_every=args.checkpoint_every, resume=args.resume,
-            warm_start=args.warm_start, model_name=args.model_name,
-            experiment=args.experiment, register=not args.no_register, device=args.device,
-            memory_budget_mb=args.memory_budget_mb, show_progress=not args.quiet,
-            max_minutes=args.max_minutes, nproc=args.nproc)
+        with shown(quiet=args.quiet, lines=sys.stdout, kinds={"train"}):
+            result = train(
+                store=args.store, preset=args.preset, epochs=args.epochs,
+                batch_size=args.batch_size, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
+                checkpoint_every=args.checkpoint_every, resume=args.resume,
+                warm_start=args.warm_start, model_name=args.model_name,
+                experiment=args.experiment, register=not args.no_register, device=args.device,
+                memory_budget_mb=args.memory_budget_mb, show_progress=not args.quiet,
+                max_minutes=args.max_minutes, nproc=args.nproc)
     except (TrainingError, CheckpointError, RegistryError, StoreError) as exc:
         lines = str(exc).strip().splitlines()
         raise UserError(lines[0] if lines else type(exc).__name__) from None

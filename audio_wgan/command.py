@@ -24,7 +24,7 @@ class Interrupted(Exception):
 
 # the commands that run flows: they talk to `audio-wgan server start`'s server while it
 # answers, and a PREFECT_API_URL that does not answer is one line before any work
-PREFECT_COMMANDS = frozenset({"precompute", "train", "run"})
+PREFECT_COMMANDS = frozenset({"precompute", "train", "run", "render", "evaluate"})
 
 
 def dispatch(name: str, run: Callable[[SimpleNamespace], int | None],
@@ -41,6 +41,21 @@ def dispatch(name: str, run: Callable[[SimpleNamespace], int | None],
         return int(run(args) or 0)
     except KeyboardInterrupt:
         raise Interrupted() from None
+
+
+def quiet_run_failures() -> None:
+    """Drop Prefect's console tracebacks for failed flow/task runs: the CLI prints the reason
+    as one line. The records still reach the Prefect API (the UI keeps them)."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        failed_run = record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+        return not (failed_run and record.levelno >= logging.ERROR)
+
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.addFilter(keep)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def check_prefect_api() -> None:

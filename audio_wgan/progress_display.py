@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, TextIO
 
 from tasks.progress import Progress, sink
@@ -23,23 +23,28 @@ def wants_bar(stream: TextIO) -> bool:
 
 
 @contextlib.contextmanager
-def shown(quiet: bool = False, lines: TextIO | None = None) -> Iterator[None]:
-    """Show every report made while the block runs: a bar on stderr when it is a terminal,
-    else each report's line on `lines` (default stderr); nothing when `quiet`."""
+def shown(quiet: bool = False, lines: TextIO | None = None,
+          kinds: Collection[str] | None = None) -> Iterator[None]:
+    """Show the reports (of `kinds`, default all) made while the block runs: a bar on
+    stderr when it is a terminal, else each report's line on `lines` (default stderr);
+    nothing when `quiet`."""
     if quiet:
         yield
         return
-    if wants_bar(sys.stderr):
-        with _bars() as draw, sink(draw):
-            yield
-        return
     out = lines or sys.stderr
+    draw: Callable[[Progress], None]
 
     def plain(p: Progress) -> None:
         if p.done and p.note:  # the start (0 done) is the bar's; a log needs no line for it
             print(p.note, file=out, flush=True)
 
-    with sink(plain):
+    def wanted(p: Progress) -> None:
+        if kinds is None or p.kind in kinds:
+            draw(p)
+
+    with contextlib.ExitStack() as stack:
+        draw = stack.enter_context(_bars()) if wants_bar(sys.stderr) else plain
+        stack.enter_context(sink(wanted))
         yield
 
 

@@ -22,9 +22,12 @@ load_bundle_task = task(load_bundle, name="load-model", cache_policy=NO_CACHE, r
 @flow(name="render", flow_run_name="render-{model}")
 def render(model: str = f"models:/{MODEL_NAME}@champion", out_dir: str = f"{WORK_DIR}/render",
            per_class: int = 4, seed: int = DEFAULT_SEED,
-           griffin_lim_iters: int = DEFAULT_GRIFFIN_LIM_ITERS) -> dict[str, Any]:
-    """Render `model` (any MLflow model URI or a local bundle folder) into `out_dir`."""
+           griffin_lim_iters: int = DEFAULT_GRIFFIN_LIM_ITERS,
+           epoch: int | None = None) -> dict[str, Any]:
+    """Render `model` (any MLflow model URI or a local bundle folder) into `out_dir`; the
+    files are labelled `epoch` (default: the model's trained epochs)."""
     bundle = load_bundle_task(model)
-    epoch = int(bundle.meta.get("epoch", 0) or 0)
+    if epoch is None:
+        epoch = int(bundle.meta.get("epoch", 0) or 0)
     return render_samples(bundle, out_dir=out_dir, epoch=epoch, per_class=per_class,
                           seed=seed, griffin_lim_iters=griffin_lim_iters)

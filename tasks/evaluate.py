@@ -44,6 +44,7 @@ from storage.classifier_cache import (
 )
 from storage.mel_store import MelStore
 from storage.model_bundle import GeneratorBundle
+from tasks.progress import report
 
 PROMOTION_METRIC = "frechet_distance"  # lower is better
 CUTTING_POLICIES = ("long_clip_policy", "split_hop_frames", "tail_policy", "pad_policy")
@@ -128,7 +129,16 @@ def evaluate(bundle: GeneratorBundle, store_path: str | Path,
         raise EvaluationError("n_per_class must be at least 2")
     store = MelStore.open(store_path)
     store_labels = _check_compatible(bundle, store)
+    stages = ["classifier", "reference set", "generated examples", "real examples",
+              "Griffin-Lim examples"][:5 if ceilings else 3]
+
+    def stage(k: int) -> None:  # k stages done; the note names the one under way
+        report("evaluate", k, len(stages), f"evaluate: {k}/{len(stages)} stages"
+               + (f", {stages[k]}" if k < len(stages) else ", done"))
+
+    stage(0)
     judge: StoreClassifier = load_or_train_classifier(store, classifier, device="cpu")
+    stage(1)
     labels = store.labels()
     norm = judge.normaliser
     model = judge.model
@@ -149,6 +159,7 @@ def evaluate(bundle: GeneratorBundle, store_path: str | Path,
     reference = QualityReference.build(n_classes, ref_emb, mel_features(fit_x), labels[fit_idx],
                                        k=ndb_bins, seed=seed)
     del fit_x
+    stage(2)
 
     # generated: n_per_class per class of the model, labelled with the store's class index
     gen = bundle.generator.to(device)
@@ -159,17 +170,20 @@ def evaluate(bundle: GeneratorBundle, store_path: str | Path,
     gen_scores = score_set(*embed(norm.normalise(gen_db)), gen_y, reference)
     out: dict[str, float] = {}
     _flatten("gen", gen_scores, store.classes, out)
+    stage(3)
 
     if ceilings and len(probe_idx):
         probe_db = torch.from_numpy(store.read_rows(probe_idx).astype(np.float32))
         probe_y = labels[probe_idx]
         _flatten("real", score_set(*embed(norm.normalise(probe_db)), probe_y, reference),
                  store.classes, out)
+        stage(4)
         cfg = store.mel_config
         gl_db = griffin_lim_round_trip(probe_db, MelInverter(cfg, n_iter=griffin_lim_iters),
                                        LogMel(cfg))
         _flatten("gl", score_set(*embed(norm.normalise(gl_db)), probe_y, reference),
                  store.classes, out)
+    stage(len(stages))
     # only the model's classes are meaningful per class for gen
     for name in store.classes:
         if name not in bundle.class_names:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import soundfile as sf
 import torch
 from prefect import task
@@ -42,6 +43,7 @@ from tasks.gallery import (
     write_gallery,
 )
 from tasks.plots import db_limits, plot_loss_curve, plot_mel_grid, save_mel_thumbnail
+from tasks.progress import report
 from tasks.run_context import in_prefect_run
 
 DEFAULT_SEED = 1234
@@ -106,8 +108,7 @@ def render(generator_or_bundle: Generator | GeneratorBundle,
     noise, labels = fixed_grid(len(names), per_class, gen.noise_dim, seed)
     db = sample_db(gen, norm, labels, noise)  # (C*P, n_mels, frames) dB, CPU
     inverter = MelInverter(cfg, n_iter=griffin_lim_iters).to(device)
-    waves = mels_to_audio(db.to(device), inverter,  # peak-normalised, no clipping
-                          batch_size=inversion_batch(cfg, device)).cpu().numpy()
+    waves = _invert_reporting(db, inverter, inversion_batch(cfg, device), device)
 
     tag = epoch_tag(epoch)
     dirs = [safe_dirname(n, i) for i, n in enumerate(names)]
@@ -143,6 +144,19 @@ def render(generator_or_bundle: Generator | GeneratorBundle,
             "thumbnails": thumbs, "loss_curve": loss_curve, "gallery": str(gallery),
             "real": real_audio,
             "manifest": str(manifest_path), "files": files}
+
+
+def _invert_reporting(db: torch.Tensor, inverter: MelInverter, batch: int,
+                      device: torch.device) -> np.ndarray:
+    """Griffin-Lim of the grid one inversion batch at a time (the same batches
+    `mels_to_audio` makes, so the same waves), reporting progress after each."""
+    n = len(db)
+    report("render", 0, n, f"render: 0/{n} clips")
+    parts = []
+    for i in range(0, n, batch):  # peak-normalised per clip, no clipping
+        parts.append(mels_to_audio(db[i:i + batch].to(device), inverter, batch_size=batch))
+        report("render", min(i + batch, n), n, f"render: {min(i + batch, n)}/{n} clips")
+    return torch.cat(parts).cpu().numpy()
 
 
 def _write_real(real: tuple[torch.Tensor, torch.Tensor] | None, dirs: list[str],

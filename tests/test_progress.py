@@ -107,3 +107,29 @@ def test_echo_prints_the_line_only_where_no_sink_listens(
     with sink(lambda p: None):
         report("train", 2, 2, "epoch 2/2 [###]", echo=True)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_render_runs_its_flow_and_reports_clips(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from prefect.artifacts import Artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from registry_fixtures import make_bundle
+
+    from audio_wgan.cli import main
+
+    bundle = make_bundle(tmp_path / "bundle")
+    events: list[Progress] = []
+    with sink(events.append):
+        assert main(["render", "--model", str(bundle), "--out", str(tmp_path / "out"),
+                     "--per-class", "2", "--griffin-lim-iters", "2"]) == 0
+    assert "gallery:" in capsys.readouterr().out
+    assert {e.kind for e in events} == {"render"}
+    n = events[-1].total
+    assert (events[0].done, events[-1].done) == (0, n) and n >= 2
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["render"])))
+    assert any(r.state and r.state.is_completed() for r in runs)
+    art = Artifact.get("render-progress")
+    assert art is not None and float(art.data) == pytest.approx(100.0)

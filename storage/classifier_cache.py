@@ -8,6 +8,7 @@ holds a state_dict and plain metadata, loaded with `weights_only=True`.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from gan.classifier import (
 from gan.spectral import Normaliser
 from storage.atomic_files import atomic_write
 from storage.mel_store import MelStore
+from storage.store_location import is_url
 
 KEEP_FILES = 4  # older cached classifiers (other fingerprints) beyond this are removed
 FIT, REF, PROBE = 0, 1, 2  # parts of `split_by_source`
@@ -44,6 +46,12 @@ class StoreClassifier:
 
 
 def cache_dir(store_path: str | Path) -> Path:
+    """Beside a local store; for a store URL (s3://...), under ./work/classifiers/ here."""
+    if is_url(store_path):
+        url = str(store_path).rstrip("/")
+        name = url.rsplit("/", 1)[-1] or "store"
+        tag = hashlib.blake2b(url.encode(), digest_size=6).hexdigest()
+        return Path("work", "classifiers").resolve() / f"{name}-{tag}.classifier"
     p = Path(store_path).resolve()
     return p.parent / f"{p.name}.classifier"
 

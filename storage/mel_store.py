@@ -211,7 +211,7 @@ class MelStore:
         out = np.zeros(len(self), dtype=np.int64)
         if len(self):
             order = np.argsort(self._phys)
-            out[order] = np.asarray(read_checked(self._offsets_arr, self._phys[order]),
+            out[order] = np.asarray(self._read(self._offsets_arr, self._phys[order]),
                                     dtype=np.int64)
         return out
 
@@ -298,7 +298,7 @@ class MelStore:
         if idx.size == 0:
             return np.empty((0, *self.row_shape), dtype=np.float16)
         uniq, inverse = np.unique(self._phys[idx], return_inverse=True)
-        rows = np.asarray(read_checked(self._mels, uniq), dtype=np.float16)
+        rows = np.asarray(self._read(self._mels, uniq), dtype=np.float16)
         return rows[inverse.reshape(-1)]
 
     def iter_batches(self, batch_size: int, seed: int, epoch: int = 0,
@@ -338,7 +338,7 @@ class MelStore:
                 total += hi - lo
                 i += 1
             pick = np.sort(np.concatenate(sel))  # positions in the sorted arrays
-            rows = np.asarray(read_checked(self._mels, phys[pick]), dtype=np.float16)
+            rows = np.asarray(self._read(self._mels, phys[pick]), dtype=np.float16)
             x = np.concatenate([carry_x, rows]) if len(carry_x) else rows
             y = np.concatenate([carry_y, labels[pick]])
             perm = rng.permutation(len(x))
@@ -350,13 +350,33 @@ class MelStore:
         if len(carry_x) and not drop_last:
             yield carry_x, carry_y
 
+    def _read(self, arr: zarr.Array, phys_sorted: np.ndarray, dense: bool = False
+              ) -> np.ndarray:
+        """read_checked, telling a reader whose generation a compaction's grace period has
+        since let go (object stores: readers hold no lease) to reopen, not that the store is
+        damaged."""
+        try:
+            return read_checked(arr, phys_sorted, dense=dense)
+        except StoreError:
+            if self.backend.kind == "object":
+                try:
+                    now = read_manifest(self.backend)
+                except (StoreError, ValueError, KeyError, TypeError):
+                    now = None
+                if now is not None and now.generation != self.manifest.generation:
+                    raise StoreError(
+                        f"store {self.path} was compacted after this reader opened it, and "
+                        "the arrays it read were deleted once the grace period "
+                        "(AUDIO_WGAN_STORE_GRACE_S) passed; open the store again") from None
+            raise
+
     def _iter_physical(self, phys_sorted: np.ndarray, block_rows: int
                        ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (n, rows) for consecutive groups of the sorted physical rows, read in
         contiguous chunk-aligned slices of about `block_rows` rows."""
         chunk = self._chunk_rows
         for lo, hi in block_bounds(phys_sorted, max(chunk, block_rows // chunk * chunk)):
-            yield hi - lo, read_physical(self._mels, phys_sorted[lo:hi])
+            yield hi - lo, self._read(self._mels, phys_sorted[lo:hi], dense=True)
 
     # ---------------------------------------------------------------- summary
     def info(self) -> dict[str, Any]:

@@ -44,11 +44,12 @@ def storage_options(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     raw = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
     if raw:
         try:
-            opts.update(json.loads(raw))
+            given = json.loads(raw)
         except ValueError as exc:
             raise StoreError(f"{STORAGE_OPTIONS_ENV} is not a JSON object: {exc}") from None
-        if not isinstance(opts, dict):
+        if not isinstance(given, dict):
             raise StoreError(f"{STORAGE_OPTIONS_ENV} is not a JSON object")
+        opts.update(given)
     opts.update(extra or {})
     opts.setdefault("use_listings_cache", False)
     return opts

@@ -169,6 +169,8 @@ def test_compaction_keeps_the_old_generation_for_the_grace_period(bucket: str) -
     MelStoreWriter.create_or_open(ObjectBackend(url, grace_s=0)).close()
     be = ObjectBackend(url)
     assert be.generations() == {1}
+    with pytest.raises(StoreError, match="was compacted after this reader opened it"):
+        reader.load()  # one line: reopen, not "damaged"
     assert not [n for n in be.names() if n.startswith(".retired")]
     np.testing.assert_array_equal(MelStore.open(url).load()[0], expected_rows(kept))
 
@@ -243,8 +245,9 @@ def test_sigkill_during_precompute_then_rerun_equals_an_uninterrupted_run(
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_training_reads_the_s3_store(bucket: str, tmp_path: Path, mlflow_uri: str,
-                                     write_tone: Callable[..., Path]) -> None:
+def test_training_and_evaluation_read_the_s3_store(
+        bucket: str, tmp_path: Path, mlflow_uri: str, write_tone: Callable[..., Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.precompute import precompute
     from flows.train import train
 
@@ -256,6 +259,14 @@ def test_training_reads_the_s3_store(bucket: str, tmp_path: Path, mlflow_uri: st
                 device="cpu")
     assert out["epoch"] == 1 and out["fingerprint"] == MelStore.open(url).fingerprint
     assert Path(out["checkpoint"]).is_file()
+
+    from storage.model_bundle import load_bundle_dir
+    from tasks.evaluate import evaluate
+
+    monkeypatch.chdir(tmp_path)  # the classifier of a store URL is cached under ./work/
+    metrics = evaluate(load_bundle_dir(out["bundle"]), url, n_per_class=2)
+    assert metrics  # scored against the S3 store
+    assert list((tmp_path / "work" / "classifiers").glob("mels.zarr-*.classifier/*.pt"))
 
 
 # ------------------------------------------------------------------ one-line refusals

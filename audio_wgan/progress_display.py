@@ -62,7 +62,7 @@ def _bars() -> Iterator[Any]:
         Progress as Bars,
     )
 
-    bars = Bars(TextColumn("{task.description}", markup=False), BarColumn(),
+    bars = Bars(TextColumn("{task.description}", markup=False), BarColumn(bar_width=24),
                 MofNCompleteColumn(), TextColumn("{task.fields[unit]}", markup=False),
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                 TextColumn("{task.fields[note]}", markup=False),
@@ -70,10 +70,13 @@ def _bars() -> Iterator[Any]:
     tasks: dict[str, Any] = {}
 
     def draw(p: Progress) -> None:
-        note = p.note.removeprefix(f"{p.kind}: ")
+        # the bar shows kind, count and unit: the note keeps what is left of the line
+        unit = UNITS.get(p.kind, "")
+        note = p.note.removeprefix(f"{p.kind}: ").removeprefix(f"{p.done}/{p.total} {unit}")
+        note = note.lstrip(", ")
         if p.kind not in tasks:
             tasks[p.kind] = bars.add_task(p.kind, total=max(p.total, 1), completed=p.done,
-                                          unit=UNITS.get(p.kind, ""), note=note)
+                                          unit=unit, note=note)
         else:
             bars.update(tasks[p.kind], total=max(p.total, 1), completed=p.done, note=note)
 

@@ -12,7 +12,7 @@ built once, in a temp dir, by `audio-wgan precompute` from the first `--files` c
   alone costs here;
 - `audio-wgan --help`, `audio-wgan models` (a fresh SQLite registry in the temp dir,
   migrated before timing; no model is registered, so it exits 2 with its one line),
-  `audio-wgan store-info STORE`;
+  `audio-wgan store-info STORE`, and what bash runs when TAB completes `audio-wgan sto`;
 - `audio-wgan precompute` of the unchanged data (it starts a flow: Prefect's temporary
   server unless PREFECT_API_URL names one), and the same after `audio-wgan server start`
   (a background Prefect server in the temp dir, started once before timing).
@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             "audio-wgan models": [CLI, "models"],
             f"audio-wgan store-info STORE ({n_files} files)": [CLI, "store-info", str(store)],
         }
+        # what bash runs on TAB (after `audio-wgan sto`): the console script with click's
+        # completion variables; it builds every command, as --help does
+        envs["complete"] = {**env, "_AUDIO_WGAN_COMPLETE": "complete_bash",
+                            "COMP_WORDS": "audio-wgan sto", "COMP_CWORD": "1"}
+        rows["audio-wgan <TAB> (bash completion of `audio-wgan sto`)"] = ["complete", CLI]
         if not args.no_precompute:
             rows[f"audio-wgan precompute DATA --store STORE (unchanged, {n_files} files)"] = [
                 CLI, "precompute", str(data), "--store", str(store)]
@@ -186,7 +191,8 @@ def report(runs: dict[str, list[tuple[float, int, int]]], cmd: str, reps: int,
         rss = statistics.median(r[1] for r in rs) / 1024
         codes = ",".join(sorted({str(r[2]) for r in rs}))
         quick = label.startswith(("audio-wgan --help", "audio-wgan models",
-                                  "audio-wgan store-info")) and "before" not in label
+                                  "audio-wgan store-info", "audio-wgan <TAB>")
+                                 ) and "before" not in label
         limit = (TARGET_S if quick else PRECOMPUTE_TARGET_S
                  if label.startswith("audio-wgan precompute") and "before" not in label
                  else None)
@@ -198,8 +204,10 @@ def report(runs: dict[str, list[tuple[float, int, int]]], cmd: str, reps: int,
                      f"{rss:.0f} | {codes} | {target} |")
     lines += [
         "",
-        "Reading: `--help` (of every command) and `store-info` import neither torch nor "
-        "Prefect nor MLflow, and `models` imports MLflow alone "
+        "Reading: the CLI is typer (click's plain help formatter; rich is imported only "
+        "to draw a progress bar). `--help` (of every command), shell completion and "
+        "`store-info` import neither torch nor Prefect nor MLflow nor rich, and `models` "
+        "imports MLflow alone "
         "(tests/test_cli_startup.py checks the imports in a fresh interpreter). What is "
         "left of `store-info` is numpy and zarr (~0.4 s of imports) and reading the "
         "manifest; what is left of `models` is MLflow itself (`import mlflow` ~2.6 s and "

@@ -115,3 +115,13 @@ def test_completion_answers_as_the_shell_asks(words: str, cword: int, expected: 
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stderr == "", res.stderr
     assert res.stdout.split() == expected
+
+
+def test_run_options_are_train_parameters_or_its_own() -> None:
+    """`run` checks its training knobs with the train flow's parameter model before any
+    work: each of its options is a TrainParams field (or one of run's own)."""
+    from flows.train import TrainParams
+
+    fields = {f.alias or name for name, f in TrainParams.model_fields.items()}
+    names = {p.name for p in build_command("run").commands["run"].params} - {"help"}
+    assert names - fields == {"data_dir", "force"}

@@ -305,3 +305,22 @@ def test_missing_bucket_and_wrong_credentials_are_one_line_exit_2(
     assert pre.returncode == 2
     assert last_line(pre.stderr).endswith("bucket no-such-bucket does not exist (create it, "
                                           "or check AWS_ENDPOINT_URL)")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_flow_on_an_s3_store(bucket: str, tmp_path: Path, mlflow_uri: str) -> None:
+    from registry_fixtures import TINY_MEL
+
+    from flows.retrain import retrain
+
+    url = f"s3://{bucket}/demo.zarr"
+    params = {"data_dir": str(tmp_path / "demo"), "store": url, "preset": "tiny",
+              "epochs": 1, "mel": {k: getattr(TINY_MEL, k) for k in MEL}, "demo": True,
+              "demo_clips_per_class": 2, "checkpoint_dir": str(tmp_path / "ckpt"),
+              "samples_dir": str(tmp_path / "s"), "batch_size": 8, "eval_per_class": 2,
+              "render_per_class": 1, "device": "cpu"}
+    first = retrain(**params)
+    assert not first["skipped"] and first["version"] == 1
+    assert first["fingerprint"] == MelStore.open(url).fingerprint
+    second = retrain(**params)  # the S3 store's content is unchanged: nothing to train
+    assert second["skipped"] and "store unchanged: v1" in second["reason"]

@@ -131,7 +131,7 @@ def open_training_data(store: str, batch_size: int, seed: int,
                              n_batches=len(fit_rows) // batch_size)
     return TrainingData(data=data, classes=list(ms.classes), mel=ms.mel_config, mean=mean,
                         std=std, fingerprint=str(ms.fingerprint),
-                        store=str(Path(ms.path).resolve()),
+                        store=ms.location,
                         rows=len(fit_rows), resident=resident,
                         real_examples=real_examples(ms, fit_rows, REAL_PER_CLASS),
                         info={"rows": len(fit_rows), "held_out_rows": held_out,

@@ -15,13 +15,12 @@ from prefect.utilities.annotations import quote
 import flows  # noqa: F401 - the package applies flows.prefect_heartbeat (worker entrypoint)
 from tasks.precompute import (
     DEFAULT_BATCH_FILES,
+    check_mel,
     check_params,
-    compute_and_append,
-    finalize_store,
-    open_store,
     publish_summary,
     raise_if_unusable,
     scan_sources,
+    update_store,
 )
 
 
@@ -46,17 +45,12 @@ def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
     """
     started = time.time()
     check_params(batch_size, workers, device, pool, dask_address)
+    check_mel(mel)
     scan = scan_sources(str(data_dir), str(store))
-    writer = open_store(str(store), mel)
     # quote(): file lists can be long; Prefect need not walk them looking for futures
-    try:
-        result = compute_and_append(writer, quote(scan), batch_size=batch_size,
-                                    workers=workers, device=device, pool=pool,
-                                    dask_address=dask_address)
-        summary = finalize_store(writer, quote(result), str(data_dir), started,
-                                 compact=compact)
-    finally:
-        writer.close()
+    summary = update_store(str(store), mel, quote(scan), str(data_dir), started,
+                           batch_size=batch_size, workers=workers, device=device, pool=pool,
+                           dask_address=dask_address, compact=compact)
     publish_summary(quote(summary))
     raise_if_unusable(summary)
     return summary

@@ -26,6 +26,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from gan.devices import resolve_device
+from gan.limits import check_trainable_mel
+from gan.mel_config import MelConfig
 from storage.store_lock import StoreLock
 from storage.store_writer import MelStoreWriter, NewFile
 from tasks.audio_features import Extracted
@@ -50,10 +52,10 @@ from tasks.source_scan import (
 
 __all__ = [
     "DEFAULT_BATCH_FILES", "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock",
-    "check_params",
+    "check_mel", "check_params",
     "compute_and_append",
-    "finalize_store", "open_store", "publish_summary",
-    "raise_if_unusable", "scan_sources",
+    "finalize_store", "publish_summary",
+    "raise_if_unusable", "scan_sources", "update_store",
 ]
 
 
@@ -137,11 +139,27 @@ def scan_sources(data_dir: str, store: str | None = None) -> ScanResult:
     return scan_data_dir(data_dir, exclude=store)
 
 
-@task(name="open-store", retries=2, retry_delay_seconds=1,
+@task(name="update-store", retries=1, retry_delay_seconds=2,
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
-def open_store(store: str, mel: dict[str, Any] | None = None) -> MelStoreWriter:
-    """Lock and open (or create) the store; refuses a changed mel config or a busy store."""
-    return MelStoreWriter.create_or_open(store, mel)
+def update_store(store: str, mel: dict[str, Any] | None, scan: ScanResult, data_dir: str,
+                 started: float, batch_size: int = DEFAULT_BATCH_FILES,
+                 workers: int | None = None, device: str = "cpu", pool: str = "threads",
+                 dask_address: str | None = None, compact: bool | None = None
+                 ) -> dict[str, Any]:
+    """Bring the store up to date with `scan` as its one writer, and return the summary.
+
+    The writer (and the lock or lease it holds) lives inside this task only: it opens or
+    creates the store (refusing a changed mel config or a busy store), runs
+    `compute_and_append` and `finalize_store`, and closes it, whatever happens. A retry
+    (transient I/O errors) opens the store again and goes on from the last committed batch.
+    """
+    writer = MelStoreWriter.create_or_open(store, mel)
+    try:
+        result = compute_and_append(writer, scan, batch_size=batch_size, workers=workers,
+                                    device=device, pool=pool, dask_address=dask_address)
+        return finalize_store(writer, result, data_dir, started, compact=compact)
+    finally:
+        writer.close()
 
 
 @dataclass
@@ -160,8 +178,6 @@ class ComputeResult:
     pool: str = "threads"
 
 
-@task(name="compute-and-append", retries=1, retry_delay_seconds=2,
-      retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
 def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
                        batch_size: int = DEFAULT_BATCH_FILES,
                        workers: int | None = None, device: str = "cpu",
@@ -319,8 +335,6 @@ def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult
     res.new_rows += writer.append(new)
 
 
-@task(name="finalize-store", retries=1, retry_delay_seconds=1,
-      retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
 def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
                    started: float, compact: bool | None = None) -> dict[str, Any]:
     """Record rejected/ignored files, trim, statistics, attributes, compaction (`compact`:
@@ -424,6 +438,18 @@ def check_params(batch_size: int, workers: int | None, device: str = "cpu",
                                   "(dask_address): it runs on the cluster's own workers")
         check_dask_address(dask_address)
     _device(device)
+
+
+def check_mel(mel: dict[str, Any] | None) -> None:
+    """Refuse, before the store is touched, a mel configuration that no model trains on
+    (one-line PrecomputeError): the flow's callers (CLI, deployments) get the same check."""
+    if mel is None:
+        return
+    try:
+        check_trainable_mel(MelConfig(**mel))
+    except (ValueError, TypeError) as exc:
+        raise PrecomputeError(f"mel configuration refused: {' '.join(str(exc).split())}"
+                              ) from None
 
 
 def raise_if_unusable(summary: dict[str, Any]) -> None:

@@ -108,6 +108,18 @@ def test_a_refused_mel_configuration_creates_nothing(
         MelStoreWriter.create_or_open(tmp_path / "file" / "s", MEL)
 
 
+def test_the_flow_refuses_an_untrainable_mel_configuration_as_a_deployment_would_send_it(
+        tmp_path: Path, write_tone: Callable[..., Path]) -> None:
+    """A deployment calls the flow without the CLI's checks: the flow refuses a shape no
+    model trains on (frames not a multiple of 16) before the store is touched."""
+    from tasks.precompute import PrecomputeError
+
+    write_tone("c/a.wav", seconds=0.5, root=tmp_path / "d")
+    with pytest.raises(PrecomputeError, match="mel configuration refused: .*divisible by 16"):
+        run(tmp_path / "d", tmp_path / "new" / "s", mel={**MEL, "frames": 50})
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_class_folder_linked_from_outside_data_dir_is_followed_and_reported(
         tmp_path: Path, write_tone: Callable[..., Path],
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,6 @@ from tasks.train import (
     plan_start_task,
     register_model_task,
     set_cpu_threads,
-    start_progress,
 )
 from tasks.train_run import RunPlan, block_spec, train_blocks
 
@@ -162,8 +161,7 @@ def _train(p: TrainParams, cfg: TrainConfig) -> dict[str, Any]:
               "device": start.device})
     monitor = tracking.start_system_metrics(run_id)
     try:
-        progress_id = start_progress(start.epoch, p.epochs)
-        spec = block_spec(cfg, p.store, meta, p.run_plan(), run_id, progress_id)
+        spec = block_spec(cfg, p.store, meta, p.run_plan(), run_id)
         with tracking.MetricBatcher(run_id) as metrics:
             run = train_blocks(spec, start, p.run_plan(), metrics)
         blocks, samples, stopped = run["blocks"], run["samples"], run["stopped"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,11 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from prefect import Task, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from gan.classifier import split_by_source
@@ -46,6 +41,7 @@ from storage.fault_points import fault_point
 from storage.mel_store import MelStore, StoreError
 from storage.model_bundle import load_bundle_dir
 from tasks import tracking
+from tasks.progress import report
 from tasks.render import render_samples
 from tasks.run_context import in_prefect_run
 from tasks.tracking import MetricBatcher
@@ -300,15 +296,10 @@ def plan_start(cfg: TrainConfig, store: str, memory_budget_mb: int, checkpoint_d
 
 # --- progress ------------------------------------------------------------------------------
 
-def start_progress(start_epoch: int, epochs: int) -> str | None:
-    """A Prefect progress artifact (percent of the epochs to reach); None outside Prefect."""
-    try:
-        pid = create_progress_artifact(
-            progress=100.0 * start_epoch / max(epochs, 1), key="train-progress",
-            description=f"training from epoch {start_epoch} to {epochs}")
-    except Exception:  # noqa: BLE001 - no flow run context / API: progress is optional
-        return None
-    return str(pid)
+def report_epoch(stats: EpochStats, epochs: int, echo: bool = False) -> None:
+    """One epoch to `tasks.progress` (the CLI's bar or lines, the run's Prefect progress
+    artifact); `echo` prints the line when nothing in this process listens."""
+    report("train", stats.epoch, epochs, progress_line(stats, epochs), echo=echo)
 
 
 def progress_line(stats: EpochStats, epochs: int, width: int = 20) -> str:
@@ -335,7 +326,7 @@ def block_end(epoch: int, epochs: int, checkpoint_every: int, stop_at: int | Non
 
 def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoint_dir: str,
                 meta: dict[str, Any], metrics: MetricBatcher | None = None,
-                progress_id: str | None = None, echo: bool = False,
+                echo: bool = False,
                 on_epoch: Callable[[EpochStats], None] | None = None,
                 stop_at: int | None = None, budget: TimeBudget | None = None
                 ) -> dict[str, Any]:
@@ -361,15 +352,9 @@ def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoin
                          "epoch_samples_per_s": stats.samples_per_s,
                          "epoch_seconds": stats.seconds, "epoch": stats.epoch},
                         step=stats.epoch)
-        if echo:
-            print(progress_line(stats, epochs), file=sys.stdout, flush=True)
+        report_epoch(stats, epochs, echo)
         if on_epoch is not None:
             on_epoch(stats)
-        if progress_id:
-            try:
-                update_progress_artifact(progress_id, 100.0 * stats.epoch / max(epochs, 1))
-            except Exception:  # noqa: BLE001 - progress display must not stop training
-                pass
 
     try:
         trainer.fit(data.data, until, on_step=on_step, on_epoch=epoch_done,
@@ -401,8 +386,7 @@ def train_epochs(spec: dict[str, Any], start: dict[str, str] | None) -> dict[str
 
     Nothing lives on between blocks but the data cache, so a retried block starts again
     from its input and ends where a first try would have. `spec` is what the ranks of a
-    parallel block get too (`tasks.train_run`), plus `run_id` / `progress_id` for MLflow
-    and Prefect.
+    parallel block get too (`tasks.train_run`), plus `run_id` for MLflow.
     """
     cfg = TrainConfig.from_dict(spec["config"])
     data = training_data(spec["store"], cfg.batch_size, cfg.seed,
@@ -417,7 +401,7 @@ def train_epochs(spec: dict[str, Any], start: dict[str, str] | None) -> dict[str
     budget = TimeBudget(spec["budget_s"]) if spec.get("budget_s") else None
     metrics = MetricBatcher(spec["run_id"]) if spec.get("run_id") else None
     block = train_block(trainer, data, int(spec["epochs"]), spec["checkpoint_dir"],
-                        spec["meta"], metrics, spec.get("progress_id"), bool(spec.get("echo")),
+                        spec["meta"], metrics, bool(spec.get("echo")),
                         on_epoch=lambda stats: fault_point(f"block-epoch{stats.epoch}"),
                         stop_at=int(spec["until"]), budget=budget)
     block["sha256"] = checkpoint_digest(block["checkpoint"])

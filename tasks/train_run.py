@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gan.trainer import TimeBudget, TrainConfig
+from gan.trainer import EpochStats, TimeBudget, TrainConfig
 from tasks.train import (
     LOSS_KEYS,
     Start,
@@ -22,6 +22,7 @@ from tasks.train import (
     next_render_epoch,
     publish_checkpoint,
     render_epoch_task,
+    report_epoch,
     train_epochs_task,
 )
 from tasks.train_parallel import train_block_parallel
@@ -47,12 +48,12 @@ class RunPlan:
 
 
 def block_spec(cfg: TrainConfig, store: str, meta: dict[str, Any], plan: RunPlan,
-               run_id: str | None, progress_id: str | None) -> dict[str, Any]:
+               run_id: str | None) -> dict[str, Any]:
     """What every block of the run is handed besides its start checkpoint and end epoch."""
     return {"store": store, "config": cfg.to_dict(), "checkpoint_dir": plan.checkpoint_dir,
             "meta": meta, "epochs": plan.epochs, "memory_budget_mb": plan.memory_budget_mb,
             "cpu_threads": plan.cpu_threads, "echo": plan.show_progress,
-            "run_id": run_id, "progress_id": progress_id}
+            "run_id": run_id}
 
 
 def train_blocks(spec: dict[str, Any], start: Start, plan: RunPlan,
@@ -78,6 +79,8 @@ def train_blocks(spec: dict[str, Any], start: Start, plan: RunPlan,
         else:
             block = train_block_parallel(plan.nproc, block_spec_, weights)
             _log_epochs(metrics, block["history"])
+            for h in block["history"]:  # the ranks print nothing: reported from here
+                report_epoch(EpochStats(**h), plan.epochs, plan.show_progress)
         publish_checkpoint(block, spec.get("run_id"))
         blocks.append(block)
         history.extend(block["history"])

@@ -247,7 +247,7 @@ def test_a_block_refuses_a_start_checkpoint_that_is_not_the_one_handed_on(tmp_pa
     p = TrainParams(store=str(store), epochs=2, checkpoint_dir=str(tmp_path / "ck"), **FAST)
     cfg = p.train_config()
     meta = checkpoint_meta(describe_training_data(str(store), 16, 0), cfg)
-    spec = {**block_spec(cfg, str(store), meta, p.run_plan(), None, None), "until": 1}
+    spec = {**block_spec(cfg, str(store), meta, p.run_plan(), None), "until": 1}
     first = train_epochs(spec, None)
     assert first["epoch"] == 1 and first["sha256"] == checkpoint_ref(first["checkpoint"])["sha256"]
     second = train_epochs({**spec, "until": 2}, checkpoint_ref(first["checkpoint"]))

@@ -59,6 +59,7 @@ CONTENDERS: dict[str, dict[str, Any]] = {
     "DiffAugment translation + cutout": {"augment": ("translation", "cutout")},
 }
 RESULT_CONTENDERS = ROOT / "bench" / "results" / "quality_contenders.md"
+RESULT_PRESETS = ROOT / "bench" / "results" / "quality_presets.md"
 
 
 def precompute_store(data: Path, store: Path, policies: dict[str, str]) -> dict[str, Any]:
@@ -202,6 +203,9 @@ def main() -> int:
     ap.add_argument("--contenders", action="store_true",
                     help="only the default preset and CONTENDERS on top of it, into "
                     f"{RESULT_CONTENDERS.relative_to(ROOT)}")
+    ap.add_argument("--presets", nargs="+", default=None, metavar="NAME",
+                    help="only these built-in presets side by side (the first is the "
+                    f"baseline), into {RESULT_PRESETS.relative_to(ROOT)}")
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -218,6 +222,8 @@ def main() -> int:
                 print(f"{store.name}: {s['rows']} rows from {s['files']} files", flush=True)
         if args.contenders:
             return contenders(args, new, work, started)
+        if args.presets:
+            return side_by_side(args, new, work, started)
         base = PRESETS["small"]
         rows = [run_one("seed preset, examples as before", "seed", legacy, new, work,
                         args.budget_s, ceilings=True)]
@@ -273,6 +279,23 @@ def contenders(args: argparse.Namespace, store: Path, work: Path, started: float
         "over `small` on the new examples", f"over `{DEFAULT_PRESET}`").replace(
         "; the last row combines them", "")
     RESULT_CONTENDERS.write_text(text)
+    print(text)
+    return 0
+
+
+def side_by_side(args: argparse.Namespace, store: Path, work: Path, started: float) -> int:
+    """Built-in presets one after another under the same budget, the first as baseline."""
+    from storage.mel_store import MelStore
+
+    rows = [run_one(name, name, store, store, work, args.budget_s, ceilings=i == 0)
+            for i, name in enumerate(args.presets)]
+    real = {k: v for k, v in rows[0]["metrics"].items() if k.startswith("real_")}
+    chosen = [r["label"] for r in rows[1:] if helped(rows[0]["metrics"], r["metrics"])]
+    text = report(rows, real, chosen, args, list(MelStore.open(store).classes), started)
+    text = text.replace("--budget-s", f"--presets {' '.join(args.presets)} --budget-s").replace(
+        "over `small` on the new examples", f"over `{args.presets[0]}`").replace(
+        "; the last row combines them", "")
+    RESULT_PRESETS.write_text(text)
     print(text)
     return 0
 

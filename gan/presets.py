@@ -63,6 +63,10 @@ PRESETS: dict[str, Preset] = {
     "small-proj-cbn": _SMALL.variant("small-proj-cbn", critic_cond="projection",
                                      gen_norm="cbn"),
 }
+# ... plus DiffAugment's time translation on everything the critic sees, which won over
+# it on real recordings at the same CPU budget (BENCHMARKS.md, "Quality ... contenders")
+PRESETS["small-proj-cbn-diffaug"] = PRESETS["small-proj-cbn"].variant(
+    "small-proj-cbn-diffaug", augment=("translation",))
 BUILTIN_PRESETS = tuple(PRESETS)
 
 

@@ -104,7 +104,7 @@ def test_completion_script_is_produced(capsys: pytest.CaptureFixture[str],
 @pytest.mark.parametrize("words, cword, expected", [
     ("audio-wgan sto", 1, ["store-info"]),
     ("audio-wgan precompute --pool ", 3, ["threads", "processes", "dask"]),
-    ("audio-wgan train --preset small", 3, ["small", "small-proj-cbn"]),
+    ("audio-wgan train --preset small", 3, ["small", "small-proj-cbn", "small-proj-cbn-diffaug"]),
 ])
 def test_completion_answers_as_the_shell_asks(words: str, cword: int, expected: list[str],
                                               tmp_path: Path) -> None:

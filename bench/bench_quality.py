@@ -277,7 +277,9 @@ def contenders(args: argparse.Namespace, store: Path, work: Path, started: float
     text = report(rows, real, chosen, args, classes, started).replace(
         "--budget-s", "--contenders --budget-s").replace(
         "over `small` on the new examples", f"over `{DEFAULT_PRESET}`").replace(
-        "; the last row combines them", "")
+        "; the last row combines them", "").replace(
+        "# Quality on real recordings (ESC-10)",
+        "# Quality on real recordings (ESC-10): changes on top of the default", 1)
     RESULT_CONTENDERS.write_text(text)
     print(text)
     return 0
@@ -294,7 +296,9 @@ def side_by_side(args: argparse.Namespace, store: Path, work: Path, started: flo
     text = report(rows, real, chosen, args, list(MelStore.open(store).classes), started)
     text = text.replace("--budget-s", f"--presets {' '.join(args.presets)} --budget-s").replace(
         "over `small` on the new examples", f"over `{args.presets[0]}`").replace(
-        "; the last row combines them", "")
+        "; the last row combines them", "").replace(
+        "# Quality on real recordings (ESC-10)",
+        "# Quality on real recordings (ESC-10): presets side by side", 1)
     RESULT_PRESETS.write_text(text)
     print(text)
     return 0

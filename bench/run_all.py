@@ -16,8 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["quality", "precompute", "workers", "dask", "compaction", "s3_store", "train", "ddp",
-         "train_flow", "render", "demo_run", "cli"]
+ORDER = ["quality", "quality_contenders", "quality_presets", "precompute", "workers", "dask",
+         "compaction", "s3_store", "train", "ddp", "train_flow", "render", "demo_run", "cli"]
 BENCHES = ["bench.bench_precompute", "bench.bench_workers", "bench.bench_dask",
            "bench.bench_compaction", "bench.bench_s3_store",
            "bench.bench_train", "bench.bench_ddp",

@@ -33,7 +33,8 @@ def command(
         "--preset", **choice(*PRESET_NAMES),
         help="architecture: seed (the seed's nets, as its document describes them), "
         "small/tiny (the seed's layout, narrower), small-proj-cbn (projection critic + "
-        f"conditional BatchNorm; BENCHMARKS.md); default {DEFAULT_PRESET}")] = DEFAULT_PRESET,
+        "conditional BatchNorm), small-proj-cbn-diffaug (the same with DiffAugment's time "
+        f"translation; BENCHMARKS.md); default {DEFAULT_PRESET}")] = DEFAULT_PRESET,
     epochs: Annotated[int, option("--epochs", metavar="N", help="total epochs to reach")
                       ] = 100,
     nproc: Annotated[int, option(

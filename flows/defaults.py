@@ -28,4 +28,4 @@ DEMO_MEL: dict[str, int] = {
 DEMO_CLIPS_PER_CLASS = 40
 DEMO_PRESET = "small"
 PRESET_NAMES = BUILTIN_PRESETS
-DEFAULT_PRESET = "small-proj-cbn"  # for `train` on user data (BENCHMARKS.md, quality)
+DEFAULT_PRESET = "small-proj-cbn-diffaug"  # for `train` on user data (BENCHMARKS.md, quality)

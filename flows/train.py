@@ -161,9 +161,10 @@ def _train(p: TrainParams, cfg: TrainConfig) -> dict[str, Any]:
               "device": start.device})
     monitor = tracking.start_system_metrics(run_id)
     try:
-        spec = block_spec(cfg, p.store, meta, p.run_plan(), run_id)
+        plan = p.run_plan()
+        spec = block_spec(cfg, p.store, meta, plan, run_id)
         with tracking.MetricBatcher(run_id) as metrics:
-            run = train_blocks(spec, start, p.run_plan(), metrics)
+            run = train_blocks(spec, start, plan, metrics)
         blocks, samples, stopped = run["blocks"], run["samples"], run["stopped"]
         if not blocks:  # already at the target: keep the latest checkpoint as the result
             ck = start.weights["path"] if start.weights else start.checkpoint

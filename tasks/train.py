@@ -389,8 +389,7 @@ def train_epochs(spec: dict[str, Any], start: dict[str, str] | None) -> dict[str
     parallel block get too (`tasks.train_run`), plus `run_id` for MLflow.
     """
     cfg = TrainConfig.from_dict(spec["config"])
-    data = training_data(spec["store"], cfg.batch_size, cfg.seed,
-                         int(spec.get("memory_budget_mb", 2048)))
+    data = block_data(spec, cfg)
     check_same_store(data, spec)
     trainer = new_trainer(cfg, data)
     if start is not None:
@@ -406,6 +405,12 @@ def train_epochs(spec: dict[str, Any], start: dict[str, str] | None) -> dict[str
                         stop_at=int(spec["until"]), budget=budget)
     block["sha256"] = checkpoint_digest(block["checkpoint"])
     return block
+
+
+def block_data(spec: dict[str, Any], cfg: TrainConfig) -> TrainingData:
+    """The (cached) training data a block spec names."""
+    return training_data(spec["store"], cfg.batch_size, cfg.seed,
+                         int(spec.get("memory_budget_mb", 2048)))
 
 
 def check_same_store(data: TrainingData, spec: dict[str, Any]) -> None:
@@ -469,9 +474,7 @@ def render_checkpoint(checkpoint: str, spec: dict[str, Any], samples_dir: str,
                       per_class: int = 4, griffin_lim_iters: int = 32) -> dict[str, Any]:
     """`render_epoch` from a checkpoint file: its EMA generator, through the bundle it
     exports (the same weights a registered model serves), beside the store's real clips."""
-    cfg = TrainConfig.from_dict(spec["config"])
-    data = training_data(spec["store"], cfg.batch_size, cfg.seed,
-                         int(spec.get("memory_budget_mb", 2048)))
+    data = block_data(spec, TrainConfig.from_dict(spec["config"]))
     with tempfile.TemporaryDirectory(prefix="render-") as tmp:
         try:
             bundle = load_bundle_dir(export_bundle_from_checkpoint(checkpoint, Path(tmp) / "b"))

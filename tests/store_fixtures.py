@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.mel_store import MelStore
 from storage.store_writer import MelStoreWriter, NewFile
 
 MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 16, "frames": 24}
@@ -33,3 +34,15 @@ def build(store: Path, files: list[NewFile], batch: int = 2) -> dict[str, NewFil
 
 def expected_rows(files: dict[str, NewFile]) -> np.ndarray:
     return np.concatenate([files[p].mels for p in sorted(files)])
+
+
+def assert_same_live_content(a: MelStore, b: MelStore) -> None:
+    """Two stores serve the same live rows: classes, fingerprint, sources, labels, offsets,
+    mels and normalisation statistics."""
+    assert a.classes == b.classes and a.fingerprint == b.fingerprint
+    assert a.row_sources() == b.row_sources()
+    np.testing.assert_array_equal(a.labels(), b.labels())
+    np.testing.assert_array_equal(a.offsets(), b.offsets())
+    np.testing.assert_array_equal(a.load()[0], b.load()[0])
+    np.testing.assert_array_equal(a.stats()[0], b.stats()[0])
+    np.testing.assert_array_equal(a.stats()[1], b.stats()[1])

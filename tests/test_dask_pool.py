@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 from prefect_services import base_env, free_port, stop, tail
+from store_fixtures import assert_same_live_content
 from test_precompute_crash import (
     MEL,
     MEL_ARGS,
     ROOT,
     api_env,
-    assert_same_live_content,
     cli,
     marked_processes,
     thirty_clips,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_fixtures import assert_same_live_content
 
 from storage.mel_store import MelStore
 from storage.store_manifest import read_manifest
@@ -48,16 +49,6 @@ def committed_files(store: Path) -> int:
     except ValueError:
         return 0
     return len(m.files) if m else 0
-
-
-def assert_same_live_content(a: MelStore, b: MelStore) -> None:
-    assert a.classes == b.classes and a.fingerprint == b.fingerprint
-    assert a.row_sources() == b.row_sources()
-    np.testing.assert_array_equal(a.labels(), b.labels())
-    np.testing.assert_array_equal(a.offsets(), b.offsets())
-    np.testing.assert_array_equal(a.load()[0], b.load()[0])
-    np.testing.assert_array_equal(a.stats()[0], b.stats()[0])
-    np.testing.assert_array_equal(a.stats()[1], b.stats()[1])
 
 
 def thirty_clips(root: Path, write_tone: Callable[..., Path]) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from s3_server import S3Server, moto_s3
-from store_fixtures import build, expected_rows, new_file
+from store_fixtures import assert_same_live_content, build, expected_rows, new_file
 
 from storage.mel_store import MelStore
 from storage.store_errors import StoreError
@@ -60,15 +60,6 @@ def clips(root: Path, write_tone: Callable[..., Path], n: int = 6) -> Path:
             write_tone(f"{c}/{i:02d}.wav", seconds=0.5, sr=16000,
                        freq=200 + 37 * i + 400 * len(c), root=root)
     return root
-
-
-def same_content(a: MelStore, b: MelStore) -> None:
-    assert a.classes == b.classes and a.fingerprint == b.fingerprint
-    assert a.row_sources() == b.row_sources()
-    np.testing.assert_array_equal(a.labels(), b.labels())
-    np.testing.assert_array_equal(a.offsets(), b.offsets())
-    np.testing.assert_array_equal(a.load()[0], b.load()[0])
-    np.testing.assert_array_equal(a.stats()[0], b.stats()[0])
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -186,7 +177,7 @@ def test_precompute_into_s3_equals_local_and_reruns_incrementally(
     first = precompute(str(data), url, mel=MEL, batch_size=4, workers=1)
     assert first["store"] == url and first["files"] == 18 and first["added_files"] == 18
     precompute(str(data), str(tmp_path / "local"), mel=MEL, batch_size=4, workers=1)
-    same_content(MelStore.open(url), MelStore.open(tmp_path / "local"))
+    assert_same_live_content(MelStore.open(url), MelStore.open(tmp_path / "local"))
 
     again = precompute(str(data), url, mel=MEL, batch_size=4, workers=1)
     assert again["processed_files"] == 0 and not again["changed"]
@@ -197,7 +188,7 @@ def test_precompute_into_s3_equals_local_and_reruns_incrementally(
     assert (third["added_files"], third["removed_files"], third["unchanged_files"]) == \
         (1, 1, 17)
     precompute(str(data), str(tmp_path / "local"), mel=MEL, batch_size=4, workers=1)
-    same_content(MelStore.open(url), MelStore.open(tmp_path / "local"))
+    assert_same_live_content(MelStore.open(url), MelStore.open(tmp_path / "local"))
     assert read_lease(ObjectBackend(url)) is None
 
 
@@ -240,7 +231,7 @@ def test_sigkill_during_precompute_then_rerun_equals_an_uninterrupted_run(
     again = precompute(str(data), url, mel=MEL, batch_size=2, workers=1)
     assert again["files"] == 12
     st = MelStore.open(url)
-    same_content(st, MelStore.open(tmp_path / "clean"))
+    assert_same_live_content(st, MelStore.open(tmp_path / "clean"))
     assert st.verify()["ok"] and st.manifest.stats["fingerprint"] == st.fingerprint
 
 

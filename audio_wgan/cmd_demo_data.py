@@ -33,7 +33,7 @@ def command(
 
 def run(args: SimpleNamespace) -> int:
     from audio_wgan.command import UserError
-    from tasks.demo_data import write_demo_data
+    from clips.demo import write_demo_data
 
     output_dir(args.out_dir, "OUT_DIR")
     try:

@@ -58,7 +58,7 @@ def existing_cluster(workers: int, tmp: Path) -> Iterator[tuple[str, float]]:
     try:
         with Client(address, timeout=120) as client:
             client.wait_for_workers(workers, timeout=300)
-            client.run(exec, "import tasks.extract_pools")  # what a first job imports
+            client.run(exec, "import clips.pools")  # what a first job imports
         yield address, time.perf_counter() - t0
     finally:
         for p in reversed(procs):

@@ -50,9 +50,9 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from clips.features import FeatureExtractor, is_audio_name, segment
 from gan.spectral import DB_FLOOR, MelConfig
 from storage.store_writer import MelStoreWriter, NewFile
-from tasks.audio_features import FeatureExtractor, is_audio_name, segment
 from tasks.precompute import BATCH_BYTES, DEFAULT_BATCH_FILES, default_workers, torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,8 +37,8 @@ def _init() -> None:
     global _extractor
     import torch
 
+    from clips.features import FeatureExtractor
     from gan.spectral import MelConfig
-    from tasks.audio_features import FeatureExtractor
 
     torch.set_num_threads(1)
     _extractor = FeatureExtractor(MelConfig())
@@ -85,8 +85,8 @@ def linked_copies(files: list[tuple[Path, str]], dst: Path, copies: int) -> Path
 
 def main(argv: list[str] | None = None) -> int:
     from bench.bench_precompute import SHARED, compute_only, list_files
+    from clips.features import FeatureExtractor  # noqa: F401 - warm imports, as the flow has
     from gan.spectral import MelConfig
-    from tasks.audio_features import FeatureExtractor  # noqa: F401 - warm imports, as the flow has
     from tasks.precompute import default_workers
 
     ap = argparse.ArgumentParser(description=__doc__)

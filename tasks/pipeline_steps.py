@@ -17,10 +17,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from clips.demo import MARKER, write_demo_data
 from storage import registry
 from storage.checkpoints import CheckpointError, list_checkpoints, verify_checkpoint
 from storage.model_bundle import GeneratorBundle, load_bundle_dir
-from tasks.demo_data import MARKER, write_demo_data
 
 PLAN_FILE = "retrain.json"  # in a retrain checkpoint folder: the target, what it started from
 FINGERPRINT_TAG = "store_fingerprint"

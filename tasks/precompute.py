@@ -25,13 +25,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from gan.devices import resolve_device
-from gan.limits import check_trainable_mel
-from gan.mel_config import MelConfig
-from storage.store_lock import StoreLock
-from storage.store_writer import MelStoreWriter, NewFile
-from tasks.audio_features import Extracted
-from tasks.extract_pools import (
+from clips.features import Extracted
+from clips.pools import (
     POOLS,
     FileJob,
     JobLost,
@@ -40,8 +35,7 @@ from tasks.extract_pools import (
     dask_available,
     extract_runner,
 )
-from tasks.progress import report
-from tasks.source_scan import (
+from clips.scan import (
     DataDirError,
     Plan,
     PrecomputeError,
@@ -49,6 +43,12 @@ from tasks.source_scan import (
     plan_changes,
     scan_data_dir,
 )
+from gan.devices import resolve_device
+from gan.limits import check_trainable_mel
+from gan.mel_config import MelConfig
+from storage.store_lock import StoreLock
+from storage.store_writer import MelStoreWriter, NewFile
+from tasks.progress import report
 
 __all__ = [
     "DEFAULT_BATCH_FILES", "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock",
@@ -187,7 +187,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     then decode + resample + mel every file to do, appending and committing per batch
     (`batch_size` files or BATCH_BYTES of rows, whichever comes first). Files run on
     `workers` threads or worker processes, or on a Dask cluster (`pool`, see
-    tasks.extract_pools; `dask_address`: an existing one); the mel runs on `device`
+    clips.pools; `dask_address`: an existing one); the mel runs on `device`
     ("auto": the GPU when CUDA has one)."""
     check_params(batch_size, workers, device, pool, dask_address)
     workers = int(workers or default_workers())

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from clips.features import FeatureExtractor, Resampler
 from gan.spectral import LogMel, MelConfig
 from storage.mel_store import MelStore
-from tasks.audio_features import FeatureExtractor, Resampler
 
 MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32, "frames": 32}
 CFG = MelConfig.from_dict(MEL)

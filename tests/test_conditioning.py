@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from clips.features import pad_short, segment, split_offsets
 from gan.data import ResidentData
 from gan.models import Critic, Generator, minibatch_stddev
 from gan.presets import BUILTIN_PRESETS, PRESETS, Preset, register_preset
 from gan.spectral import LEGACY_POLICIES, MelConfig
 from gan.trainer import TimeBudget, TrainConfig, WGANTrainer
-from tasks.audio_features import pad_short, segment, split_offsets
 
 TINY = PRESETS["tiny"]
 N_CLASSES, H, W = 3, 32, 32

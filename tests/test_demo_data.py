@@ -10,8 +10,8 @@ import soundfile as sf
 import torch
 
 from audio_wgan.cli import main
+from clips.demo import CLASSES, DEMO_SAMPLE_RATE, synthesise_clip, write_demo_data
 from gan.spectral import LogMel, MelConfig
-from tasks.demo_data import CLASSES, DEMO_SAMPLE_RATE, synthesise_clip, write_demo_data
 
 
 def _digest(root: Path) -> str:

@@ -30,7 +30,7 @@ from prefect_services import (
 )
 from registry_fixtures import fresh_mlflow
 
-from tasks.demo_data import CLASSES, write_demo_data
+from clips.demo import CLASSES, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

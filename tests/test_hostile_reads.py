@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gan.spectral import MelConfig
-from tasks.audio_features import (
+from clips.features import (
     MAX_CLIP_SECONDS_ENV,
     MAX_FILE_MB_ENV,
     FeatureExtractor,
     ReadLimits,
 )
+from gan.spectral import MelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MEL = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, frames=32)

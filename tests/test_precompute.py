@@ -212,8 +212,8 @@ def test_batches_and_files_in_flight_are_bounded_in_bytes(
     IN_FLIGHT_BYTES once the rows per file are known, and the last batches shrink so that
     little is written after the last file; the content equals one-file batches."""
     import tasks.precompute as tp
+    from clips.features import FeatureExtractor
     from storage.store_writer import MelStoreWriter
-    from tasks.audio_features import FeatureExtractor
 
     root = tmp_path / "data"
     for i in range(40):  # 1 s at 8 kHz: 4 rows of 32x32 float16 (2 KiB each) per file

@@ -146,7 +146,7 @@ def test_an_unreadable_file_is_rejected_with_its_reason(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """chmod 0 does not stop root (CI), so the file's open raises PermissionError as it
     would for another user; the rest of the run goes on."""
-    import tasks.audio_features as af
+    import clips.features as af
 
     write_tone("c/ok.wav", seconds=0.5, root=tmp_path / "d")
     locked = write_tone("c/locked.wav", seconds=0.5, freq=900, root=tmp_path / "d")

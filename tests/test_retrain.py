@@ -11,10 +11,10 @@ import pytest
 import torch
 from registry_fixtures import make_bundle, register_bundle
 
+from clips.demo import CLASSES, MARKER
 from storage import registry
 from storage.checkpoints import save_checkpoint
 from storage.promotion_rule import CANDIDATE, CHAMPION, decide, lower_is_better_for
-from tasks.demo_data import CLASSES, MARKER
 from tasks.pipeline_steps import (
     FINGERPRINT_TAG,
     RetrainError,

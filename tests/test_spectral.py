@@ -46,7 +46,7 @@ def test_zero_tail_skips_only_frames_that_see_zeros(cfg: MelConfig) -> None:
 
 
 def test_feature_extractor_rows_equal_logmel_of_each_example() -> None:
-    from tasks.audio_features import FeatureExtractor, segment
+    from clips.features import FeatureExtractor, segment
 
     cfg = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, frames=32)
     ex = FeatureExtractor(cfg)
@@ -62,7 +62,7 @@ def test_feature_extractor_rows_equal_logmel_of_each_example() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_feature_extractor_on_the_gpu_matches_the_cpu() -> None:
-    from tasks.audio_features import FeatureExtractor
+    from clips.features import FeatureExtractor
 
     cfg = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, frames=32)
     cpu, gpu = FeatureExtractor(cfg), FeatureExtractor(cfg, "cuda")

@@ -31,8 +31,8 @@ from prefect_services import (
 )
 from registry_fixtures import fresh_mlflow
 
+from clips.demo import write_demo_data
 from storage.checkpoints import list_checkpoints
-from tasks.demo_data import write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

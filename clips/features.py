@@ -31,7 +31,7 @@ import torch
 import torchaudio
 
 from gan.spectral import MIN_TAIL_FRACTION, LogMel, MelConfig
-from storage.mel_store import mel_sums
+from storage.store_layout import mel_sums
 
 # extensions of formats libsndfile reads (matched case-insensitively)
 AUDIO_EXTENSIONS = frozenset({
@@ -65,7 +65,7 @@ class Extracted:
     reason: str = ""
     mels: np.ndarray | None = None  # float16 (K, n_mels, frames)
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    sums: np.ndarray | None = None  # float64 (K, 2, n_mels), see storage.mel_store.mel_sums
+    sums: np.ndarray | None = None  # float64 (K, 2, n_mels), see storage.store_layout.mel_sums
     sample_rate: int = 0
     channels: int = 0
     samples: int = 0

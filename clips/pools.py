@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from clips.features import Extracted, FeatureExtractor, one_line
+from clips.scan import PrecomputeError
 from gan.spectral import MelConfig
 from storage.fault_points import fault_file, fault_point
-from tasks.audio_features import Extracted, FeatureExtractor, one_line
-from tasks.source_scan import PrecomputeError
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster

@@ -1,4 +1,4 @@
-"""The CLI's display of `tasks.progress` reports: a rich progress bar with ETA on a
+"""The CLI's display of `report.progress` reports: a rich progress bar with ETA on a
 terminal, the jobs' own plain lines otherwise (a pipe, a log, a test), nothing when quiet.
 
 rich is imported only when a bar is drawn, so the quick commands never pay for it.
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Collection, Iterator
 from typing import Any, TextIO
 
-from tasks.progress import Progress, sink
+from report.progress import Progress, sink
 
 UNITS = {"precompute": "files", "train": "epochs", "render": "clips", "evaluate": "stages"}
 

@@ -34,6 +34,7 @@ from gan.classifier import ClassifierConfig, predict
 from gan.metrics import QualityReference, mel_features, score_set
 from gan.sampling import make_noise, sample_db
 from gan.spectral import DB_FLOOR_DB, LogMel, MelInverter
+from report.progress import report
 from storage.classifier_cache import (
     FIT,
     PROBE,
@@ -44,7 +45,6 @@ from storage.classifier_cache import (
 )
 from storage.mel_store import MelStore
 from storage.model_bundle import GeneratorBundle
-from tasks.progress import report
 
 PROMOTION_METRIC = "frechet_distance"  # lower is better
 CUTTING_POLICIES = ("long_clip_policy", "split_hop_frames", "tail_policy", "pad_policy")

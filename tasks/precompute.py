@@ -46,9 +46,9 @@ from clips.scan import (
 from gan.devices import resolve_device
 from gan.limits import check_trainable_mel
 from gan.mel_config import MelConfig
+from report.progress import report
 from storage.store_lock import StoreLock
 from storage.store_writer import MelStoreWriter, NewFile
-from tasks.progress import report
 
 __all__ = [
     "DEFAULT_BATCH_FILES", "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock",
@@ -97,7 +97,7 @@ def default_workers() -> int:
 
 # ----------------------------------------------------------------- progress
 class _Progress:
-    """Files done so far, reported (tasks.progress: the CLI's display, the run's Prefect
+    """Files done so far, reported (report.progress: the CLI's display, the run's Prefect
     progress artifact) at the start, every half second and at the end."""
 
     EVERY_S = 0.5

@@ -15,9 +15,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from report.run_context import in_prefect_run
 from storage import registry
 from storage.promotion_rule import CANDIDATE, CHAMPION, finite, lower_is_better_for
-from tasks.run_context import in_prefect_run
 
 __all__ = ["CANDIDATE", "CHAMPION", "decision_markdown", "lower_is_better_for", "promote",
            "promote_task"]

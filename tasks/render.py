@@ -30,8 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from gan.models import Generator
 from gan.sampling import fixed_grid, mels_to_audio, sample_db
 from gan.spectral import MelConfig, MelInverter, Normaliser
-from storage.model_bundle import GeneratorBundle
-from tasks.gallery import (
+from report.gallery import (
     AUDIO_DIR,
     LOSS_CURVE,
     REAL_AUDIO_DIR,
@@ -42,9 +41,10 @@ from tasks.gallery import (
     safe_dirname,
     write_gallery,
 )
-from tasks.plots import db_limits, plot_loss_curve, plot_mel_grid, save_mel_thumbnail
-from tasks.progress import report
-from tasks.run_context import in_prefect_run
+from report.plots import db_limits, plot_loss_curve, plot_mel_grid, save_mel_thumbnail
+from report.progress import report
+from report.run_context import in_prefect_run
+from storage.model_bundle import GeneratorBundle
 
 DEFAULT_SEED = 1234
 DEFAULT_GRIFFIN_LIM_ITERS = 32

@@ -26,6 +26,8 @@ from gan.classifier import split_by_source
 from gan.data import ResidentData, StreamingData, TrainData
 from gan.spectral import MelConfig, Normaliser
 from gan.trainer import EpochStats, NonFiniteLossError, TimeBudget, TrainConfig, WGANTrainer
+from report.progress import report
+from report.run_context import in_prefect_run
 from storage import registry
 from storage.checkpoints import (
     CheckpointError,
@@ -41,9 +43,7 @@ from storage.fault_points import fault_point
 from storage.mel_store import MelStore, StoreError
 from storage.model_bundle import load_bundle_dir
 from tasks import tracking
-from tasks.progress import report
 from tasks.render import render_samples
-from tasks.run_context import in_prefect_run
 from tasks.tracking import MetricBatcher
 
 LOSS_KEYS = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein")
@@ -297,7 +297,7 @@ def plan_start(cfg: TrainConfig, store: str, memory_budget_mb: int, checkpoint_d
 # --- progress ------------------------------------------------------------------------------
 
 def report_epoch(stats: EpochStats, epochs: int, echo: bool = False) -> None:
-    """One epoch to `tasks.progress` (the CLI's bar or lines, the run's Prefect progress
+    """One epoch to `report.progress` (the CLI's bar or lines, the run's Prefect progress
     artifact); `echo` prints the line when nothing in this process listens."""
     report("train", stats.epoch, epochs, progress_line(stats, epochs), echo=echo)
 

@@ -1,4 +1,4 @@
-"""Progress comes from the jobs through tasks.progress: a sink installed in the process sees
+"""Progress comes from the jobs through report.progress: a sink installed in the process sees
 every report, the flow run gets a Prefect progress artifact, and the CLI shows a rich bar on
 a terminal and the plain lines elsewhere."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import progress
-from tasks.progress import Progress, report, sink
+from report import progress
+from report.progress import Progress, report, sink
 
 MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32, "frames": 32}
 

@@ -15,9 +15,9 @@ import torch
 from audio_wgan.cli import main
 from gan.models import build_models
 from gan.spectral import MelConfig, Normaliser
+from report.gallery import build_gallery_html, epoch_tag, safe_dirname
+from report.plots import plot_loss_curve
 from storage.model_bundle import load_bundle_dir, save_bundle
-from tasks.gallery import build_gallery_html, epoch_tag, safe_dirname
-from tasks.plots import plot_loss_curve
 from tasks.render import render, render_markdown, render_samples
 
 CFG = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, frames=32)

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from report.run_context import in_prefect_run
+
 ARTIFACT_EVERY_S = 3.0
 
 log = logging.getLogger(__name__)
@@ -84,12 +86,8 @@ def report(kind: str, done: int, total: int, note: str = "", echo: bool = False,
 
 def _to_artifact(event: Progress) -> None:
     """Create or update the run's progress artifact (inside a Prefect run only)."""
-    if "prefect.context" not in sys.modules:  # no Prefect imported: no run either
-        return
     try:
-        from prefect.context import FlowRunContext, TaskRunContext
-
-        if TaskRunContext.get() is None and FlowRunContext.get() is None:
+        if not in_prefect_run():
             return
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
         from prefect.runtime import flow_run

@@ -33,18 +33,15 @@ def command(
 
 
 def run(args: SimpleNamespace) -> int:
-    from mlflow.exceptions import MlflowException
-
     from audio_wgan.command import UserError
-    from storage.registry import RegistryError, list_versions, tracking_uri
+    from storage.registry_listing import RegistryError, read_versions
 
-    try:
-        rows = list_versions(args.name)
+    try:  # the embedded SQLite registry is read directly; anything else asks MLflow
+        rows = read_versions(args.name)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
-    except (MlflowException, OSError) as exc:  # a tracking URI that cannot be used
-        text = " ".join(str(getattr(exc, "message", None) or exc).split())[:300]
-        raise UserError(f"cannot read the registry at {tracking_uri()}: {text}") from None
+    if rows is None:
+        rows = _ask_mlflow(args.name)
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
@@ -59,3 +56,18 @@ def run(args: SimpleNamespace) -> int:
         if metrics:
             print(f"        {metrics}")
     return 0
+
+
+def _ask_mlflow(name: str) -> list[dict]:
+    from mlflow.exceptions import MlflowException
+
+    from audio_wgan.command import UserError
+    from storage.registry import RegistryError, list_versions, tracking_uri
+
+    try:
+        return list_versions(name)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    except (MlflowException, OSError) as exc:  # a tracking URI that cannot be used
+        text = " ".join(str(getattr(exc, "message", None) or exc).split())[:300]
+        raise UserError(f"cannot read the registry at {tracking_uri()}: {text}") from None

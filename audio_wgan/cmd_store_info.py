@@ -35,28 +35,41 @@ def command(
 
 def run(args: SimpleNamespace) -> int:
     from audio_wgan.command import UserError
-    from storage.mel_store import (
-        MelStore,
-        StoreError,
-        describe,
-        describe_verify,
-        to_json,
-        verify_summary,
-    )
+    from storage.store_errors import StoreError
+    from storage.store_summary import describe, quick_info, to_json
 
+    # the manifest alone answers a plain look (no Zarr, no numpy); --verify, object stores
+    # and anything it cannot vouch for open the store's arrays
     try:
-        with MelStore.open(args.store, check=not args.verify) as st:
-            info = st.info()
-            if args.verify:
-                info["verify"] = st.verify()
+        info = None if args.verify else quick_info(args.store)
     except StoreError as exc:
         raise UserError(str(exc)) from None
+    if info is None:
+        info = _open_and_read(args.store, args.verify)
     if args.json:
         print(to_json(info))
     else:
         print(describe(info))
         if args.verify:
+            from storage.store_summary import describe_verify
+
             print(describe_verify(info["verify"]))
     if args.verify and not info["verify"]["ok"]:
+        from storage.store_summary import verify_summary
+
         raise UserError(verify_summary(args.store, info["verify"]))
     return 0
+
+
+def _open_and_read(store: str, verify: bool) -> dict:
+    from audio_wgan.command import UserError
+    from storage.mel_store import MelStore, StoreError
+
+    try:
+        with MelStore.open(store, check=not verify) as st:
+            info = st.info()
+            if verify:
+                info["verify"] = st.verify()
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    return info

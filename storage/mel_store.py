@@ -31,7 +31,6 @@ open and a chunk that does not decode at read, in one line naming the array and 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +40,6 @@ import numpy as np
 import zarr
 
 from gan.mel_config import MelConfig
-from storage.file_names import escape, printable
 from storage.store_backend import Lock, StoreBackend, backend_for
 from storage.store_errors import StoreError
 from storage.store_generations import LEASE_RETRIES, generation_prefix
@@ -60,7 +58,20 @@ from storage.store_layout import (
     rows_per_chunk,
     stats_from_sums,
 )
-from storage.store_manifest import MANIFEST_FILE, FileEntry, Manifest, read_manifest
+from storage.store_manifest import (
+    FileEntry,
+    Manifest,
+    committed_manifest,
+    read_manifest,
+)
+from storage.store_summary import (  # noqa: F401  (store-info's text, re-exported)
+    describe,
+    describe_verify,
+    safe_text,
+    summary_fields,
+    to_json,
+    verify_summary,
+)
 
 # the layout's names are re-exported for the code and tests that import them from here
 __all__ = ["LABELS", "MEL_SUMS", "MELS", "MelStore", "OFFSET", "SOURCE", "StoreError",
@@ -117,15 +128,12 @@ class MelStore:
         """
         be = backend_for(path)
         p = be.path
-        if not be.exists():
-            raise StoreError(f"no mel store at {p}; run `audio-wgan precompute DATA_DIR "
-                             f"--store {p}` first")
-        manifest = _read(be)
+        manifest = committed_manifest(be)
         for _ in range(LEASE_RETRIES):
             # lease the generation, then check it is still the committed one: a compaction
             # may have moved on (and deleted it) between the two reads
             lease = be.reader_lease(manifest.generation).acquire()
-            latest = _read(be)
+            latest = committed_manifest(be)
             if latest.generation == manifest.generation:
                 manifest = latest
                 break
@@ -380,31 +388,10 @@ class MelStore:
 
     # ---------------------------------------------------------------- summary
     def info(self) -> dict[str, Any]:
-        """What `audio-wgan store-info --json` prints."""
-        m = self.manifest
+        """What `audio-wgan store-info --json` prints (`storage.store_summary`)."""
         mean, std = self.stats() if len(self) else (np.zeros(0), np.zeros(0))
-        return {
-            "path": str(self.path),
-            "rows": len(self),
-            "classes": self.class_counts(),
-            "files": len(self._entries),
-            "rejected": list(m.rejected),
-            "ignored": list(m.ignored),
-            "empty_classes": list(m.empty_classes),
-            "mel": self.mel_config.to_dict(),
-            "bytes": self.disk_bytes(),
-            "nbytes_live": self.nbytes_live(),
-            "stored_rows": m.rows,
-            "dead_rows": m.rows - len(self),
-            "generation": m.generation,
-            "chunk_rows": self._chunk_rows,
-            "fingerprint": self.fingerprint,
-            "stats": {"mean_db": float(mean.mean()) if len(mean) else None,
-                      "std_db": float(std.mean()) if len(std) else None},
-            "format_version": m.format_version,
-            "requeued": list(m.requeued),
-            "linked_classes": list(m.linked_classes),
-        }
+        return summary_fields(self.path, self.manifest, self.disk_bytes(), self._chunk_rows,
+                              mean.tolist(), std.tolist())
 
 
 class _Closed:
@@ -420,103 +407,6 @@ class _Closed:
         raise StoreError(f"store {self.path} was closed")
 
 
-def _read(be: StoreBackend) -> Manifest:
-    p = be.path
-    try:
-        manifest = read_manifest(be)
-    except StoreError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"{p}/{MANIFEST_FILE} is unreadable: {_one_line(exc)}") from None
-    if manifest is None:
-        raise StoreError(f"{p} is not a mel store (no committed {MANIFEST_FILE}); "
-                         f"run `audio-wgan precompute DATA_DIR --store {p}`")
-    return manifest
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())
-
-
-def describe(info: dict[str, Any]) -> str:
-    """Human-readable store-info text."""
-    mel = info["mel"]
-    lines = [
-        f"store        {info['path']}",
-        f"rows         {info['rows']} live ({info['dead_rows']} dead) from {info['files']} files"
-        + (" (`audio-wgan compact` drops the dead ones)" if info["dead_rows"] else ""),
-        f"size         {info['bytes'] / 1e6:.1f} MB on disk, "
-        f"{info['nbytes_live'] / 1e6:.1f} MB as float16",
-        f"mel          {mel['n_mels']} mels x {mel['frames']} frames @ {mel['sample_rate']} Hz "
-        f"(n_fft {mel['n_fft']}, hop {mel['hop_length']}, long clips: "
-        f"{mel['long_clip_policy']}, short clips: {mel['pad_policy']})",
-        f"fingerprint  {info['fingerprint']}",
-        f"classes      {len(info['classes'])}",
-    ]
-    lines += [f"  {i:3d} {name:<24} {n:7d} rows"
-              for i, (name, n) in enumerate(info["classes"].items())]
-    if info["empty_classes"]:
-        lines.append(f"empty class folders (no class created): {', '.join(info['empty_classes'])}")
-    if info.get("linked_classes"):
-        lines.append("linked class folders (outside DATA_DIR): " + ", ".join(
-            f"{c['class']} -> {c['target']}" for c in info["linked_classes"]))
-    if info["rejected"]:
-        lines.append(f"rejected     {len(info['rejected'])} files")
-        lines += [f"  {r['path']}: {r['reason']}" for r in info["rejected"]]
-    if info["ignored"]:
-        lines.append(f"ignored      {len(info['ignored'])} files")
-        lines += [f"  {r['path']}: {r['reason']}" for r in info["ignored"]]
-    if info.get("requeued"):
-        lines.append(f"re-queued    {len(info['requeued'])} files whose rows were in damaged "
-                     "chunks (the next precompute computes them again)")
-        lines += [f"  {p}" for p in info["requeued"]]
-    return "\n".join(safe_text(line) for line in lines)
-
-
-def describe_verify(v: dict[str, Any]) -> str:
-    """Human-readable result of `MelStore.verify`."""
-    lines = [f"verify       {v['chunks']} chunks: "
-             + ("intact" if v["ok"] else f"{len(v['damaged'])} damaged")]
-    for d in v["damaged"]:
-        lines.append(f"  chunk {d['chunk']} of {d['array']} (rows {d['rows'][0]}-"
-                     f"{d['rows'][1]}) {d['problem']}")
-    if v["files"]:
-        lines.append(f"  files with rows in them: {', '.join(v['files'])}")
-    if v["without_checksum"]:
-        lines.append(f"  {v['without_checksum']} chunks have no checksum (written before "
-                     "checksums existed): checked that they decode")
-    return "\n".join(safe_text(line) for line in lines)
-
-
-def verify_summary(store: str | Path, v: dict[str, Any]) -> str:
-    """The one line a failed verify ends with."""
-    d = v["damaged"]
-    first = f"chunk {d[0]['chunk']} of {d[0]['array']} (rows {d[0]['rows'][0]}-" \
-            f"{d[0]['rows'][1]}) {d[0]['problem']}"
-    more = f" and {len(d) - 1} more chunk(s)" if len(d) > 1 else ""
-    return safe_text(f"store {store} is damaged: {first}{more}, holding rows of "
-                     f"{len(v['files'])} kept file(s); `audio-wgan compact --drop-damaged "
-                     f"{store}` drops those rows and re-queues the files for the next "
-                     "precompute")
-
-
-def safe_text(s: str) -> str:
-    """Printable one-line-safe form of text that may carry file names with undecodable
-    bytes (surrogate escapes): such bytes are shown as `\\xHH`, losslessly."""
-    return "\n".join(printable(line) for line in s.split("\n"))
-
-
-def to_json(info: dict[str, Any]) -> str:
-    """JSON whose names are in the store's lossless escaped form (storage.file_names)."""
-    return json.dumps(_escaped(info), indent=2, ensure_ascii=False, default=str)
-
-
-def _escaped(x: Any) -> Any:
-    if isinstance(x, str):
-        return escape(x)
-    if isinstance(x, dict):
-        return {_escaped(k): _escaped(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_escaped(v) for v in x]
-    return x

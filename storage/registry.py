@@ -23,6 +23,13 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
 from storage.promotion_rule import CANDIDATE, CHAMPION, NO_METRIC, decide, finite
+from storage.registry_listing import (  # noqa: F401  (re-exported: one declaration each)
+    KEY_METRICS,
+    RegistryError,
+    registry_uri,
+    tracking_uri,
+    wanted,
+)
 
 if TYPE_CHECKING:  # the bundle code imports torch: loaded only where a bundle is read
     from storage.model_bundle import GeneratorBundle
@@ -31,25 +38,9 @@ DEFAULT_MODEL_NAME = "audio-wgan"
 MODEL_ARTIFACT = "model"  # name of the logged pyfunc model inside its run
 BUNDLE_KEY = "bundle"  # pyfunc artifact key holding the generator bundle directory
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_generator.py")
-# run metrics shown by `models` / list_versions (when present on the source run)
-KEY_METRICS = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein",
-               "samples_per_s", "epoch")
-
-
-class RegistryError(ValueError):
-    """A registry request that cannot be served (one-line message)."""
 
 
 # --- URIs and client -----------------------------------------------------------------------
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def registry_uri() -> str:
-    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri()
-
 
 def configure() -> str:
     """Point the fluent API at our URIs (it is process global); return the tracking URI."""

@@ -29,9 +29,9 @@ from storage.store_generations import (
     remove_generation,
     remove_unused_generations,
 )
-from storage.store_layout import MANIFEST_FILE, disk_bytes
 from storage.store_location import is_url, local_path
 from storage.store_lock import LOCK_FILE, StoreLock
+from storage.store_names import MANIFEST_FILE, disk_bytes
 
 if TYPE_CHECKING:
     from storage.store_object import ObjectBackend

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from storage.store_errors import StoreError
-from storage.store_layout import ARRAY_NAMES
+from storage.store_names import ARRAY_NAMES
 
 GEN_DIR = re.compile(r"^gen(\d+)$")
 LEASE_PREFIX = ".readers-gen"

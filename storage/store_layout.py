@@ -9,8 +9,6 @@ the per-row sums the statistics come from, and the chunk-aligned reads both side
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,16 +17,20 @@ from zarr.codecs import BloscCodec
 
 from gan.mel_config import MelConfig
 from storage.store_integrity import read_checked
-from storage.store_location import is_url, url_bytes
+from storage.store_names import (  # noqa: F401  (the layout's names, re-exported)
+    ARRAY_NAMES,
+    LABELS,
+    MANIFEST_FILE,
+    MEL_SUMS,
+    MELS,
+    OFFSET,
+    SOURCE,
+    disk_bytes,
+)
 
 if TYPE_CHECKING:
     import torch
 
-# the arrays of one generation (a generation's arrays live under `gen<g>/`, see
-# storage.store_generations): float16 rows, their class, source file id, offset, sums
-MELS, LABELS, SOURCE, OFFSET, MEL_SUMS = "mels", "labels", "source", "offset", "mel_sums"
-ARRAY_NAMES = (MELS, LABELS, SOURCE, OFFSET, MEL_SUMS)
-MANIFEST_FILE = "manifest.json"  # the committed manifest (storage.store_manifest)
 CHUNK_BYTES = 1 << 20  # mel chunks of at least 1 MiB (uncompressed): few, large files
 INDEX_CHUNK_ROWS = 1 << 14  # small: each batch rewrites the last chunk of the index arrays
 SUMS_CHUNK_ROWS = 256  # 512 KiB at 128 mels
@@ -109,18 +111,3 @@ def read_physical(arr: zarr.Array, phys_sorted: np.ndarray) -> np.ndarray:
     that holds none of the rows is never read, so the live rows around a damaged chunk of
     dead ones can still be copied."""
     return read_checked(arr, phys_sorted, dense=True)
-
-
-def disk_bytes(path: str | Path) -> int:
-    """Bytes of every file under `path` (a store, with any old generations it still has);
-    of every object under the prefix of a store URL."""
-    if is_url(path):
-        return url_bytes(str(path))
-    total = 0
-    for dirpath, _, names in os.walk(path):
-        for n in names:
-            try:
-                total += os.stat(os.path.join(dirpath, n)).st_size
-            except OSError:
-                pass
-    return total

@@ -25,7 +25,8 @@ import orjson
 from gan.mel_config import MelConfig
 from storage.file_names import escape, is_plain, unescape
 from storage.store_backend import StoreBackend, backend_for
-from storage.store_layout import MANIFEST_FILE
+from storage.store_errors import StoreError
+from storage.store_names import MANIFEST_FILE
 
 FORMAT = "audio-wgan-mel-store"
 FORMAT_VERSION = 2  # the newest this code reads and writes
@@ -205,6 +206,26 @@ def read_manifest(store: str | Path | StoreBackend) -> Manifest | None:
     if data is None:
         return None
     return Manifest.from_dict(orjson.loads(data))  # bad JSON: a ValueError, as with json
+
+
+def committed_manifest(be: StoreBackend) -> Manifest:
+    """The committed manifest of the store `be`; StoreError (one line) when there is no
+    store, no committed manifest, or one that does not parse."""
+    p = be.path
+    if not be.exists():
+        raise StoreError(f"no mel store at {p}; run `audio-wgan precompute DATA_DIR "
+                         f"--store {p}` first")
+    try:
+        manifest = read_manifest(be)
+    except StoreError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        text = " ".join((str(exc) or type(exc).__name__).split())
+        raise StoreError(f"{p}/{MANIFEST_FILE} is unreadable: {text}") from None
+    if manifest is None:
+        raise StoreError(f"{p} is not a mel store (no committed {MANIFEST_FILE}); "
+                         f"run `audio-wgan precompute DATA_DIR --store {p}`")
+    return manifest
 
 
 def commit_manifest(store: str | Path | StoreBackend, manifest: Manifest) -> None:

@@ -38,9 +38,9 @@ from typing import Any
 
 from storage.store_errors import StoreError
 from storage.store_generations import GEN_DIR
-from storage.store_layout import ARRAY_NAMES
 from storage.store_location import check_protocol, object_error, storage_options
 from storage.store_lock import StoreBusyError
+from storage.store_names import ARRAY_NAMES
 
 LEASE_FILE = ".precompute.lease"
 RETIRED_PREFIX = ".retired-gen"

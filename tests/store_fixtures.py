@@ -32,6 +32,18 @@ def build(store: Path, files: list[NewFile], batch: int = 2) -> dict[str, NewFil
     return {f.path: f for f in files}
 
 
+def with_dead_rows(store: Path) -> None:
+    """A store whose first file was replaced and another removed: 7 dead rows of 55 (three
+    classes, one of them left empty)."""
+    build(store, [new_file("b/2.wav", 3, 2), new_file("a/1.wav", 2, 1),
+                  new_file("b/1.wav", 1, 3), new_file("a/0.wav", 40, 4),
+                  new_file("c/x.wav", 5, 5)])
+    with MelStoreWriter.create_or_open(store) as w:
+        w.append([new_file("a/1.wav", 4, 77)])
+        w.remove(["c/x.wav"])
+        w.finalize(compact=False)
+
+
 def expected_rows(files: dict[str, NewFile]) -> np.ndarray:
     return np.concatenate([files[p].mels for p in sorted(files)])
 

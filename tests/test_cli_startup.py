@@ -1,5 +1,6 @@
 """The quick commands start at once: `--help` (of every command), `models` and `store-info`
-import neither torch nor Prefect nor rich (and only `models` imports MLflow). Each runs as the
+import neither torch nor Prefect nor rich nor Zarr nor numpy (`models` reads the embedded
+SQLite registry itself and imports MLflow only for other registries). Each runs as the
 console script runs it, in a fresh interpreter, which then reports what it imported."""
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from store_fixtures import build, new_file
 from audio_wgan.cli import COMMAND_MODULES
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "torchaudio", "prefect", "mlflow", "rich")  # rich: only to draw a bar
+# rich: only to draw a bar; zarr and numpy: store-info answers from the manifest
+HEAVY = ("torch", "torchaudio", "prefect", "mlflow", "rich", "zarr", "numpy")
 PROBE = ("import sys\n"
          "from audio_wgan.cli import main\n"
          "rc = main(sys.argv[1:])\n"
@@ -69,9 +71,18 @@ def test_store_info_refusal(tmp_path: Path) -> None:
     assert imported == set()
 
 
-def test_models_imports_mlflow_only(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rc, imported, err = run_cli(["models"], tmp_path, {"MLFLOW_TRACKING_URI": uri})
+def test_models_reads_sqlite_without_mlflow(tmp_path: Path, mlflow_uri: str) -> None:
+    """A registry MLflow migrated (empty) is read directly (storage.registry_listing)."""
+    rc, imported, err = run_cli(["models"], tmp_path, {"MLFLOW_TRACKING_URI": mlflow_uri,
+                                                       "MLFLOW_REGISTRY_URI": mlflow_uri})
     assert rc == 2  # an empty registry: one line naming the model
     assert "no registered model named 'audio-wgan'" in err.strip().splitlines()[-1]
-    assert imported == {"mlflow"}
+    assert imported == set()
+
+
+def test_models_asks_mlflow_about_other_registries(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}?timeout=5"  # a URI the reader leaves alone
+    rc, imported, err = run_cli(["models"], tmp_path, {"MLFLOW_TRACKING_URI": uri})
+    assert rc == 2
+    assert "no registered model named 'audio-wgan'" in err.strip().splitlines()[-1]
+    assert "mlflow" in imported

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from store_fixtures import MEL, build, new_file
+from store_fixtures import MEL, build, new_file, with_dead_rows
 
 from gan.spectral import MelConfig
 from storage.mel_store import MelStore, StoreError, rows_per_chunk
@@ -41,17 +41,6 @@ def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
         else:
             assert a[k] == b[k], k
-
-
-def with_dead_rows(store: Path) -> None:
-    """A store whose first file was replaced and another removed: 7 dead rows of 55."""
-    build(store, [new_file("b/2.wav", 3, 2), new_file("a/1.wav", 2, 1),
-                  new_file("b/1.wav", 1, 3), new_file("a/0.wav", 40, 4),
-                  new_file("c/x.wav", 5, 5)])
-    with MelStoreWriter.create_or_open(store) as w:
-        w.append([new_file("a/1.wav", 4, 77)])
-        w.remove(["c/x.wav"])
-        w.finalize(compact=False)
 
 
 def listing(store: Path) -> list[str]:

@@ -1,0 +1,126 @@
+"""`audio-wgan models` without importing MLflow: the registered versions of a model, read
+straight from the SQLite database of the embedded default registry.
+
+`import mlflow` and its SQLAlchemy store take ~4 s here, most of a `models` call that only
+lists a few rows. For a `sqlite:///` registry whose schema this reader knows (the alembic
+revision below, which `tests/test_registry_listing.py` checks against the MLflow installed,
+and the default workspace), it answers from five read-only queries with the same rows as
+`storage.registry.list_versions`; for any other registry (a tracking server, PostgreSQL,
+another schema) `read_versions` returns None and the caller asks MLflow. The database is
+opened read-only (`mode=ro`), so a look never migrates, creates or locks it for writing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+# the schema revision (alembic head) of MLflow's SQL stores this reader was written against
+KNOWN_SCHEMA_REVISIONS = frozenset({"dc11669786a5"})
+# run metrics shown by `models` / list_versions (when present on the source run)
+KEY_METRICS = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein",
+               "samples_per_s", "epoch")
+STAGE_DELETED_INTERNAL = "Deleted_Internal"  # MLflow's mark of a deleted version
+DEFAULT_WORKSPACE = "default"
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be served (one-line message)."""
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def registry_uri() -> str:
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for any other URI)."""
+    u = urlparse(uri)
+    if u.scheme != "sqlite" or u.query or u.netloc:
+        return None
+    path = unquote(u.path)
+    return Path(path[1:] if path.startswith("//") else path) if path else None
+
+
+def wanted(metric: str) -> bool:
+    return metric in KEY_METRICS or metric.startswith("eval_")
+
+
+def read_versions(name: str) -> list[dict[str, Any]] | None:
+    """Newest first, as `storage.registry.list_versions`; None when only MLflow can answer.
+
+    RegistryError when the registry has no model `name` (a missing database file has none:
+    MLflow would create an empty one and say the same).
+    """
+    if os.environ.get("MLFLOW_WORKSPACE") or tracking_uri() != registry_uri():
+        return None
+    db = sqlite_path(registry_uri())
+    if db is None:
+        return None
+    if not db.is_file():
+        raise RegistryError(f"no registered model named {name!r}")
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return None
+    try:
+        return _read(con, name)
+    except sqlite3.Error:
+        return None  # locked, damaged or unexpected: MLflow's answer, with its message
+    finally:
+        con.close()
+
+
+def _read(con: sqlite3.Connection, name: str) -> list[dict[str, Any]] | None:
+    revs = {r[0] for r in con.execute("SELECT version_num FROM alembic_version")}
+    if not revs or not revs <= KNOWN_SCHEMA_REVISIONS:
+        return None
+    ws = DEFAULT_WORKSPACE
+    if not con.execute("SELECT 1 FROM registered_models WHERE workspace = ? AND name = ?",
+                       (ws, name)).fetchone():
+        raise RegistryError(f"no registered model named {name!r}")
+    if "'" in name:
+        raise RegistryError(f"invalid model name {name!r}")
+    aliases: dict[int, list[str]] = {}
+    for alias, version in con.execute(
+            "SELECT alias, version FROM registered_model_aliases WHERE workspace = ? AND "
+            "name = ?", (ws, name)):
+        aliases.setdefault(int(version), []).append(alias)
+    tags: dict[int, dict[str, str]] = {}
+    for key, value, version in con.execute(
+            "SELECT key, value, version FROM model_version_tags WHERE workspace = ? AND "
+            "name = ?", (ws, name)):
+        tags.setdefault(int(version), {})[key] = value
+    versions = con.execute(
+        "SELECT version, run_id, creation_time, status FROM model_versions WHERE workspace = ? "
+        "AND name = ? AND (current_stage IS NULL OR current_stage != ?)",
+        (ws, name, STAGE_DELETED_INTERNAL)).fetchall()
+    runs = sorted({run for _, run, _, _ in versions if run})
+    metrics: dict[str, dict[str, float]] = {}
+    if runs:
+        marks = ",".join("?" * len(runs))
+        for key, value, is_nan, run in con.execute(
+                f"SELECT key, value, is_nan, run_uuid FROM latest_metrics WHERE run_uuid IN "
+                f"({marks})", runs):
+            if wanted(key):
+                metrics.setdefault(run, {})[key] = math.nan if is_nan else float(value)
+    rows = [{
+        "version": int(version),
+        "aliases": sorted(aliases.get(int(version), [])),
+        "tags": tags.get(int(version), {}),
+        "metrics": metrics.get(run, {}) if run else {},
+        "run_id": run,
+        "created": datetime.fromtimestamp((created or 0) / 1000, UTC).isoformat(),
+        "status": status,
+    } for version, run, created, status in versions]
+    rows.sort(key=lambda r: r["version"], reverse=True)
+    return rows

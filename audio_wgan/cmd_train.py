@@ -83,7 +83,7 @@ def run(args: SimpleNamespace) -> int:
     from storage.checkpoints import CheckpointError
     from storage.registry import RegistryError
     from storage.store_errors import StoreError
-    from tasks.train import TrainingError
+    from tasks.train_data import TrainingError
 
     output_dir(args.checkpoint_dir, "--checkpoint-dir")  # before any epoch is trained
     quiet_run_failures()

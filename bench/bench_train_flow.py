@@ -58,7 +58,7 @@ def timed(fn):  # noqa: ANN001, ANN201
 
 def bare_trainer(store: str, epochs: int) -> int:
     from gan.trainer import TrainConfig, WGANTrainer
-    from tasks.train import open_training_data
+    from tasks.train_data import open_training_data
 
     data = open_training_data(store, BATCH, 0)
     trainer = WGANTrainer(TrainConfig(preset=PRESET, batch_size=BATCH, device="cpu"),

@@ -1,7 +1,7 @@
 """The `retrain` flow: precompute -> (new data?) train -> render -> evaluate -> register ->
 promote. Scheduled weekly by prefect.yaml; `audio-wgan run` calls it with the demo defaults.
 
-Wiring only; the steps live in `tasks/pipeline_steps.py` and `tasks/promote.py`, and the
+Wiring only; the steps live in `tasks/retrain_steps.py` and `tasks/promote.py`, and the
 `precompute` and `train` flows run as subflows. Idempotent: a store whose exact content some
 registered version was trained on is skipped in seconds (unless `force`), so re-running on
 the same data never registers a second version. A retrain that crashed mid-training resumes
@@ -31,21 +31,21 @@ from flows.defaults import (
 )
 from flows.precompute import precompute
 from flows.train import train
-from tasks.pipeline_steps import (
+from tasks.promote import lower_is_better_for, promote_task
+from tasks.retrain_steps import (
     FINGERPRINT_TAG,
     RetrainError,
     champion_checkpoint_task,
     ensure_demo_data_task,
     evaluate_model_task,
     log_eval_metrics_task,
-    log_samples_task,
     mel_for,
     plan_training_task,
     prepare_checkpoint_dir_task,
-    register_version_task,
     render_bundle_task,
 )
-from tasks.promote import lower_is_better_for, promote_task
+from tasks.tracking import log_samples_task
+from tasks.train import register_version_task
 
 # The demo store (200 clips -> 400 rows of 64x64) costs ~2 CPU-s per `small` epoch: minutes.
 DEMO_EPOCHS = 100

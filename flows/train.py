@@ -1,7 +1,8 @@
 """The `train` flow: store -> WGAN-GP epochs with checkpoints -> EMA bundle -> MLflow model.
 
-Wiring only: the tasks in `tasks/train.py` and `tasks/tracking.py` do the work. `epochs` is
-the total to reach, so `epochs=2, resume=True` after a 1-epoch run trains one more.
+Wiring only: the tasks in `tasks/train_data.py`, `tasks/train.py` and `tasks/tracking.py`
+do the work. `epochs` is the total to reach, so `epochs=2, resume=True` after a 1-epoch run
+trains one more.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ from gan.models import get_preset
 from gan.trainer import TrainConfig
 from tasks import tracking
 from tasks.train import (
-    TrainingError,
+    RunPlan,
+    block_spec,
     checkpoint_meta,
     export_bundle_task,
-    forget_training_data,
-    load_data_task,
     plan_start_task,
     register_model_task,
     set_cpu_threads,
+    train_blocks,
 )
-from tasks.train_run import RunPlan, block_spec, train_blocks
+from tasks.train_data import TrainingError, forget_training_data, load_data_task
 
 
 class TrainParams(BaseModel):

@@ -141,7 +141,14 @@ def log_artifacts(run_id: str, local_dir: str | Path, artifact_path: str | None 
     registry.client().log_artifacts(run_id, str(local_dir), artifact_path)
 
 
+def log_samples(run_id: str, samples_dir: str | Path) -> None:
+    """A rendered gallery (plots, wavs, index.html) as the run's `samples/` artifacts."""
+    if Path(samples_dir).is_dir():
+        log_artifacts(run_id, samples_dir, "samples")
+
+
 # --- Prefect task wrappers (each one job; the plain functions above stay testable) ---------
 
 start_run_task = task(start_run, name="start-mlflow-run", cache_policy=NO_CACHE)
 end_run_task = task(end_run, name="end-mlflow-run", cache_policy=NO_CACHE)
+log_samples_task = task(log_samples, name="log-samples", cache_policy=NO_CACHE)

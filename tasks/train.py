@@ -1,9 +1,11 @@
-"""Prefect tasks of the training flow: data, trainer set-up, blocks of epochs, export, register.
+"""Prefect tasks of the training flow: trainer set-up, blocks of epochs (one process or
+several ranks), the renders between them, export and registration; and `train_blocks`, the
+sequence of those tasks the `train` flow calls.
 
 Each task call does one job and the numeric work stays in `gan/`; the flow only wires these
 together. A training block trains up to `checkpoint_every` epochs and ends with a
 checkpoint, so the Prefect UI shows one task run per checkpoint and a crash loses at most
-one block.
+one block. The training data's task and cache are `tasks.train_data`'s.
 """
 
 from __future__ import annotations
@@ -16,15 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from gan.classifier import split_by_source
-from gan.data import ResidentData, StreamingData, TrainData
-from gan.spectral import MelConfig, Normaliser
 from gan.trainer import EpochStats, NonFiniteLossError, TimeBudget, TrainConfig, WGANTrainer
 from report.progress import report
 from report.run_context import in_prefect_run
@@ -40,163 +38,22 @@ from storage.checkpoints import (
     save_checkpoint,
 )
 from storage.fault_points import fault_point
-from storage.mel_store import MelStore, StoreError
 from storage.model_bundle import load_bundle_dir
 from tasks import tracking
 from tasks.render import render_samples
 from tasks.tracking import MetricBatcher
+from tasks.train_data import (
+    TrainingData,
+    TrainingError,
+    block_data,
+    check_same_store,
+    first_line,
+    summarise,
+    training_data,
+)
+from tasks.train_parallel import train_block_parallel
 
 LOSS_KEYS = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein")
-FIT_PART = 0  # `split_by_source`'s training part (storage.classifier_cache.FIT)
-REAL_PER_CLASS = 2  # real clips per class in each render's gallery
-
-
-class TrainingError(ValueError):
-    """Training cannot start or go on; one line, printed as is by the CLI."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-# --- data ----------------------------------------------------------------------------------
-
-@dataclass
-class TrainingData:
-    """The batches the trainer consumes plus what the exported model needs to know."""
-
-    data: TrainData
-    classes: list[str]
-    mel: MelConfig
-    mean: np.ndarray
-    std: np.ndarray
-    fingerprint: str
-    store: str
-    rows: int
-    resident: bool
-    info: dict[str, Any] = field(default_factory=dict)
-    # a few real rows per class (dB, labels) that renders show beside the generated clips
-    real_examples: tuple[np.ndarray, np.ndarray] | None = None
-
-
-def resident_bytes(store: MelStore) -> int:
-    """Memory the normalised float32 copy of the live rows takes."""
-    return int(store.nbytes_live()) * 2
-
-
-def open_training_data(store: str, batch_size: int, seed: int,
-                       memory_budget_mb: int = 2048) -> TrainingData:
-    """Normalised data from the store: resident when the float32 copy fits the budget,
-    else streamed chunk-wise from Zarr (memory bounded by a few chunks)."""
-    try:
-        ms = MelStore.open(store)
-    except (StoreError, FileNotFoundError) as exc:
-        raise TrainingError(f"cannot open store {store}: {_one_line(exc)}") from None
-    rows = len(ms)
-    if rows == 0:
-        raise TrainingError(f"store {store} has no rows; run precompute first")
-    if len(ms.classes) < 1:
-        raise TrainingError(f"store {store} has no classes")
-    mean, std = (np.asarray(a, dtype=np.float32) for a in ms.stats())
-    normaliser = Normaliser(torch.from_numpy(mean), torch.from_numpy(std))
-    # the files `evaluate` holds out as its real reference are never trained on
-    fit_rows = training_rows(ms)
-    held_out = rows - len(fit_rows)
-    budget = int(memory_budget_mb) * 2**20
-    resident = resident_bytes(ms) <= budget
-    data: TrainData
-    if resident:
-        mels, labels = ms.load(max_bytes=budget)
-        mels, labels = mels[fit_rows], np.asarray(labels, dtype=np.int64)[fit_rows]
-        x = torch.empty((mels.shape[0], 1, mels.shape[1], mels.shape[2]), dtype=torch.float32)
-        step = 4096  # normalise in slices: no second full-size temporary
-        for i in range(0, mels.shape[0], step):
-            x[i:i + step, 0] = normaliser.normalise(torch.from_numpy(mels[i:i + step]))
-        del mels
-        data = ResidentData(x, torch.from_numpy(labels))
-    else:
-        if len(fit_rows) < batch_size:
-            raise TrainingError(f"store has {len(fit_rows)} training rows, fewer than one "
-                                f"batch ({batch_size})")
-
-        def batches(epoch: int) -> Any:
-            return ms.iter_batches(batch_size, seed, epoch, rows=fit_rows)
-
-        data = StreamingData(batches, transform=normaliser.normalise,
-                             n_batches=len(fit_rows) // batch_size)
-    return TrainingData(data=data, classes=list(ms.classes), mel=ms.mel_config, mean=mean,
-                        std=std, fingerprint=str(ms.fingerprint),
-                        store=ms.location,
-                        rows=len(fit_rows), resident=resident,
-                        real_examples=real_examples(ms, fit_rows, REAL_PER_CLASS),
-                        info={"rows": len(fit_rows), "held_out_rows": held_out,
-                              "classes": len(ms.classes),
-                              "resident": resident, "bytes_float32": resident_bytes(ms)})
-
-
-def real_examples(store: MelStore, fit_rows: np.ndarray, per_class: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `per_class` real rows of each class (float32 dB, labels), from the files held out
-    of training when there are any: what the generator is to be compared with by ear."""
-    labels = store.labels()
-    held = np.setdiff1d(np.arange(len(store)), fit_rows)  # `training_rows`' complement
-    rng = np.random.default_rng(0)
-    pick: list[int] = []
-    for c in range(len(store.classes)):
-        pool = held[labels[held] == c]
-        if not len(pool):
-            pool = np.flatnonzero(labels == c)
-        pick += sorted(rng.choice(pool, min(per_class, len(pool)), replace=False).tolist())
-    idx = np.asarray(pick, dtype=np.int64)
-    return store.read_rows(idx).astype(np.float32), labels[idx]
-
-
-def training_rows(store: MelStore) -> np.ndarray:
-    """Live rows the generator trains on: those of the files `gan.classifier.split_by_source`
-    puts in the FIT part. The REF and PROBE files are what `evaluate` compares generated
-    examples with, so they must stay unseen by the generator."""
-    parts = split_by_source(store.row_sources(), store.labels())
-    return np.flatnonzero(parts == FIT_PART)
-
-
-_OPENED: dict[tuple[Any, ...], TrainingData] = {}  # one entry: the run in progress
-
-
-def training_data(store: str, batch_size: int, seed: int, memory_budget_mb: int = 2048
-                  ) -> TrainingData:
-    """`open_training_data`, read once per process and store content rather than once per
-    task: every block of a run (and its renders) asks for the same data. Keyed by the
-    store's fingerprint, so changed content is read afresh; holds one entry."""
-    try:
-        with MelStore.open(store) as ms:
-            fingerprint = str(ms.fingerprint)
-    except (StoreError, FileNotFoundError) as exc:
-        raise TrainingError(f"cannot open store {store}: {_one_line(exc)}") from None
-    key = (store, batch_size, seed, memory_budget_mb, fingerprint)
-    if key not in _OPENED:
-        forget_training_data()
-        _OPENED[key] = open_training_data(store, batch_size, seed, memory_budget_mb)
-    return _OPENED[key]
-
-
-def forget_training_data() -> None:
-    """Drop the data `training_data` keeps (and the store lease it holds)."""
-    _OPENED.clear()
-
-
-def summarise(data: TrainingData) -> dict[str, Any]:
-    """What the flow and the checkpoints need to know of the data, as plain values."""
-    return {"store": data.store, "rows": data.rows, "classes": list(data.classes),
-            "resident": data.resident, "mel": data.mel.to_dict(),
-            "fingerprint": data.fingerprint, "info": dict(data.info),
-            "norm_mean": data.mean.tolist(), "norm_std": data.std.tolist()}
-
-
-def describe_training_data(store: str, batch_size: int, seed: int,
-                           memory_budget_mb: int = 2048) -> dict[str, Any]:
-    """`summarise` of the store's training data (read here once for the run's blocks)."""
-    return summarise(training_data(store, batch_size, seed, memory_budget_mb))
 
 
 def set_cpu_threads(device: str, threads: int) -> None:
@@ -252,7 +109,7 @@ def prepare_trainer(cfg: TrainConfig, data: TrainingData, checkpoint_dir: str, r
     try:
         loaded = load_latest(checkpoint_dir)
     except CheckpointError as exc:
-        raise TrainingError(_one_line(exc)) from None
+        raise TrainingError(first_line(exc)) from None
     if loaded is None:
         return trainer, Start("fresh")
     state, path = loaded
@@ -260,12 +117,12 @@ def prepare_trainer(cfg: TrainConfig, data: TrainingData, checkpoint_dir: str, r
     try:
         check_fingerprint(meta, data.fingerprint, warm_start)
     except CheckpointError as exc:
-        raise TrainingError(f"cannot resume from {path.name}: {_one_line(exc)}") from None
+        raise TrainingError(f"cannot resume from {path.name}: {first_line(exc)}") from None
     if meta.get("fingerprint") == data.fingerprint:
         try:
             trainer.load_state_dict(state)
         except (ValueError, RuntimeError, KeyError) as exc:
-            raise TrainingError(f"cannot resume from {path.name}: {_one_line(exc)}") from None
+            raise TrainingError(f"cannot resume from {path.name}: {first_line(exc)}") from None
         return trainer, Start("resume", str(path), trainer.epoch)
     skipped = trainer.warm_start(state)
     trainer.epoch, trainer.step = int(state.get("epoch", 0)), int(state.get("step", 0))
@@ -364,7 +221,7 @@ def train_block(trainer: WGANTrainer, data: TrainingData, epochs: int, checkpoin
             metrics.flush()
         last = list_checkpoints(checkpoint_dir)
         kept = last[-1].name if last else "none"
-        raise TrainingError(f"training stopped: {_one_line(exc)}; latest checkpoint "
+        raise TrainingError(f"training stopped: {first_line(exc)}; latest checkpoint "
                             f"stays {kept}; nothing registered") from None
     if metrics is not None:
         metrics.flush()
@@ -386,7 +243,7 @@ def train_epochs(spec: dict[str, Any], start: dict[str, str] | None) -> dict[str
 
     Nothing lives on between blocks but the data cache, so a retried block starts again
     from its input and ends where a first try would have. `spec` is what the ranks of a
-    parallel block get too (`tasks.train_run`), plus `run_id` for MLflow.
+    parallel block get too (`train_blocks`), plus `run_id` for MLflow.
     """
     cfg = TrainConfig.from_dict(spec["config"])
     data = block_data(spec, cfg)
@@ -396,7 +253,7 @@ def train_epochs(spec: dict[str, Any], start: dict[str, str] | None) -> dict[str
         try:
             trainer.load_state_dict(load_checkpoint(start["path"], sha256=start.get("sha256")))
         except (CheckpointError, ValueError, RuntimeError, KeyError) as exc:
-            raise TrainingError(f"cannot start the block: {_one_line(exc)}") from None
+            raise TrainingError(f"cannot start the block: {first_line(exc)}") from None
     budget = TimeBudget(spec["budget_s"]) if spec.get("budget_s") else None
     metrics = MetricBatcher(spec["run_id"]) if spec.get("run_id") else None
     block = train_block(trainer, data, int(spec["epochs"]), spec["checkpoint_dir"],
@@ -407,27 +264,12 @@ def train_epochs(spec: dict[str, Any], start: dict[str, str] | None) -> dict[str
     return block
 
 
-def block_data(spec: dict[str, Any], cfg: TrainConfig) -> TrainingData:
-    """The (cached) training data a block spec names."""
-    return training_data(spec["store"], cfg.batch_size, cfg.seed,
-                         int(spec.get("memory_budget_mb", 2048)))
-
-
-def check_same_store(data: TrainingData, spec: dict[str, Any]) -> None:
-    """A block trains on the content the run started with (TrainingError otherwise)."""
-    expected = str(spec["meta"]["fingerprint"])
-    if data.fingerprint != expected:
-        raise TrainingError(f"store {spec['store']} changed during training (fingerprint "
-                            f"{expected[:12]} -> {data.fingerprint[:12]}); train again to "
-                            f"continue from the latest checkpoint with --warm-start")
-
-
 def new_trainer(cfg: TrainConfig, data: TrainingData) -> WGANTrainer:
     """A fresh trainer for `data`'s classes and mel shape (a bad config: one line)."""
     try:
         return WGANTrainer(cfg, len(data.classes), data.mel.n_mels, data.mel.frames)
     except ValueError as exc:
-        raise TrainingError(_one_line(exc)) from None
+        raise TrainingError(first_line(exc)) from None
 
 
 def retry_transient(task: Task, task_run: Any, state: Any) -> bool:
@@ -480,14 +322,14 @@ def render_checkpoint(checkpoint: str, spec: dict[str, Any], samples_dir: str,
             bundle = load_bundle_dir(export_bundle_from_checkpoint(checkpoint, Path(tmp) / "b"))
         except (CheckpointError, ValueError) as exc:
             raise TrainingError(f"cannot render {Path(checkpoint).name}: "
-                                f"{_one_line(exc)}") from None
+                                f"{first_line(exc)}") from None
     real = None if data.real_examples is None else (
         torch.from_numpy(data.real_examples[0]), torch.from_numpy(data.real_examples[1]))
     paths = render_samples.fn(bundle, out_dir=samples_dir, epoch=int(bundle.meta["epoch"]),
                               per_class=per_class, griffin_lim_iters=griffin_lim_iters,
                               history=history, real=real)
     if run_id:
-        tracking.log_artifacts(run_id, samples_dir, "samples")
+        tracking.log_samples(run_id, samples_dir)
     return paths
 
 
@@ -499,25 +341,113 @@ def export_checkpoint(checkpoint: str, out_dir: str, extra: dict[str, Any] | Non
     try:
         return str(export_bundle_from_checkpoint(checkpoint, out_dir, extra))
     except CheckpointError as exc:
-        raise TrainingError(_one_line(exc)) from None
+        raise TrainingError(first_line(exc)) from None
+
+
+def register_version(bundle_dir: str, run_id: str, model_name: str,
+                     tags: dict[str, Any]) -> int:
+    """Log the bundle as the run's pyfunc model and register a version (no alias yet: the
+    retrain flow promotes it after evaluation, `register_model` at once)."""
+    mv = registry.log_generator_model(bundle_dir, run_id, model_name, tags)
+    if mv is None:
+        raise TrainingError(f"{model_name} was logged but not registered")
+    return int(mv.version)
 
 
 def register_model(bundle_dir: str, run_id: str, model_name: str,
                    tags: dict[str, Any]) -> dict[str, Any]:
-    """Log the bundle as the run's pyfunc model, register a version, apply the alias rule
-    (no evaluation metric yet: first version champion, later ones candidate)."""
-    mv = registry.log_generator_model(bundle_dir, run_id, model_name, tags)
-    assert mv is not None
-    decision = registry.promote(model_name, mv.version)
-    return {"model_name": model_name, "version": int(mv.version), **decision}
+    """`register_version`, then the alias rule with no evaluation metric (the train flow's:
+    the first version becomes champion, later ones candidates)."""
+    version = register_version(bundle_dir, run_id, model_name, tags)
+    decision = registry.promote(model_name, version)
+    return {"model_name": model_name, "version": version, **decision}
+
+
+# --- the run: blocks in sequence, renders between them --------------------------------------
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the blocks need to know of the run's parameters."""
+
+    epochs: int
+    checkpoint_dir: str
+    sample_every: int
+    samples_dir: str
+    render: bool = True
+    render_per_class: int = 4
+    griffin_lim_iters: int = 32
+    show_progress: bool = False
+    max_minutes: float | None = None
+    nproc: int = 1
+    memory_budget_mb: int = 2048
+    cpu_threads: int = 1
+    block_retries: int = 0
+
+
+def block_spec(cfg: TrainConfig, store: str, meta: dict[str, Any], plan: RunPlan,
+               run_id: str | None) -> dict[str, Any]:
+    """What every block of the run is handed besides its start checkpoint and end epoch."""
+    return {"store": store, "config": cfg.to_dict(), "checkpoint_dir": plan.checkpoint_dir,
+            "meta": meta, "epochs": plan.epochs, "memory_budget_mb": plan.memory_budget_mb,
+            "cpu_threads": plan.cpu_threads, "echo": plan.show_progress,
+            "run_id": run_id}
+
+
+def train_blocks(spec: dict[str, Any], start: Start, plan: RunPlan,
+                 metrics: Any | None = None) -> dict[str, Any]:
+    """Train to `plan.epochs` (or until the time budget is spent), rendering every
+    `sample_every` epochs and at the end. Returns blocks, history, samples, stopped.
+    `metrics` (a `tasks.tracking.MetricBatcher`) takes the ranks' per-epoch figures."""
+    cfg = TrainConfig.from_dict(spec["config"])
+    budget = TimeBudget(plan.max_minutes * 60.0) if plan.max_minutes else None
+    blocks: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    samples: dict[str, Any] | None = None
+    stopped = False
+    weights, epoch = start.weights, start.epoch
+    local = train_epochs_task.with_options(retries=plan.block_retries)
+    while epoch < plan.epochs and not stopped:
+        until = block_end(epoch, plan.epochs, cfg.checkpoint_every,
+                          next_render_epoch(epoch, plan.sample_every))
+        left = None if budget is None else max(budget.seconds - budget.spent(), 1e-3)
+        block_spec_ = {**spec, "until": until, "budget_s": left}
+        if plan.nproc == 1:
+            block = local(block_spec_, weights)
+        else:
+            block = train_block_parallel(plan.nproc, block_spec_, weights)
+            _log_epochs(metrics, block["history"])
+            for h in block["history"]:  # the ranks print nothing: reported from here
+                report_epoch(EpochStats(**h), plan.epochs, plan.show_progress)
+        publish_checkpoint(block, spec.get("run_id"))
+        blocks.append(block)
+        history.extend(block["history"])
+        weights = {"path": block["checkpoint"], "sha256": block["sha256"]}
+        epoch, stopped = int(block["epoch"]), bool(block["stopped"])
+        due = epoch % plan.sample_every == 0 or epoch >= plan.epochs or stopped
+        if plan.render and due:
+            samples = render_epoch_task(block["checkpoint"], spec, plan.samples_dir, history,
+                                        spec.get("run_id"), plan.render_per_class,
+                                        plan.griffin_lim_iters)
+    return {"blocks": blocks, "history": history, "samples": samples, "stopped": stopped}
+
+
+def _log_epochs(metrics: Any | None, history: list[dict[str, Any]]) -> None:
+    """The ranks' per-epoch figures into the MLflow run (per-step ones stay on the ranks)."""
+    if metrics is None:
+        return
+    for h in history:
+        metrics.log({**{f"epoch_{k}": h[k] for k in LOSS_KEYS},
+                     "epoch_samples_per_s": h["samples_per_s"],
+                     "epoch_seconds": h["seconds"], "epoch": h["epoch"]}, step=int(h["epoch"]))
+    metrics.flush()
 
 
 # --- Prefect task wrappers -----------------------------------------------------------------
 
-load_data_task = task(describe_training_data, name="load-training-data", cache_policy=NO_CACHE)
 plan_start_task = task(plan_start, name="prepare-trainer", cache_policy=NO_CACHE)
 train_epochs_task = task(train_epochs, name="train-epochs", cache_policy=NO_CACHE,
                          retry_condition_fn=retry_transient)
 export_bundle_task = task(export_checkpoint, name="export-bundle", cache_policy=NO_CACHE)
 register_model_task = task(register_model, name="register-model", cache_policy=NO_CACHE)
+register_version_task = task(register_version, name="register-version", cache_policy=NO_CACHE)
 render_epoch_task = task(render_checkpoint, name="render-samples", cache_policy=NO_CACHE)

@@ -38,7 +38,7 @@ from storage.checkpoints import (
     save_checkpoint,
 )
 from storage.fault_points import fault_point
-from tasks.train import TrainingError, check_same_store, open_training_data
+from tasks.train_data import TrainingError, check_same_store, open_training_data
 
 MONITOR_INTERVAL_S = 1  # how often torchrun looks for a dead rank
 _ROOT_CAUSE = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
@@ -121,7 +121,7 @@ def run_rank(spec: dict[str, Any]) -> None:
 
         def on_epoch(stats: EpochStats) -> None:
             fault_point(f"rank{world.rank}-epoch{stats.epoch}")
-            if main:  # reported by the task that launched the ranks (tasks.train_run)
+            if main:  # reported by the task that launched the ranks (tasks.train.train_blocks)
                 history.append(stats.to_dict())
 
         def should_stop() -> bool:

@@ -213,7 +213,8 @@ def test_warm_start_from_a_verified_empty_checkpoint_falls_back(tmp_path: Path,
     import numpy as np
 
     from gan.spectral import MelConfig
-    from tasks.train import TrainingData, prepare_trainer
+    from tasks.train import prepare_trainer
+    from tasks.train_data import TrainingData
 
     save_checkpoint(tmp_path, trained.state_dict(), 1, meta=META)
     _with_valid_hash(tmp_path / "epoch_00002.pt", {})
@@ -269,7 +270,8 @@ def test_training_checkpoint_meta_holds_what_export_needs() -> None:
 
     from gan.spectral import MelConfig
     from storage.checkpoints import EXPORT_META
-    from tasks.train import TrainingData, checkpoint_meta, summarise
+    from tasks.train import checkpoint_meta
+    from tasks.train_data import TrainingData, summarise
 
     data = TrainingData(data=ResidentData(torch.zeros(2, 1, 16, 16), torch.arange(2)),
                         classes=["a", "b"], mel=MelConfig(n_mels=16, frames=16),

@@ -274,7 +274,7 @@ def test_evaluate_cli_output_and_bad_input(store_path: Path, tmp_path: Path,
 
 def test_training_never_sees_the_rows_evaluation_holds_out(store_path: Path) -> None:
     from storage.classifier_cache import PROBE, REF
-    from tasks.train import open_training_data, training_rows
+    from tasks.train_data import open_training_data, training_rows
 
     store = MelStore.open(store_path)
     parts = load_or_train_classifier(store).parts  # what `evaluate` compares with

@@ -15,7 +15,8 @@ from clips.demo import CLASSES, MARKER
 from storage import registry
 from storage.checkpoints import save_checkpoint
 from storage.promotion_rule import CANDIDATE, CHAMPION, decide, lower_is_better_for
-from tasks.pipeline_steps import (
+from tasks.promote import promote
+from tasks.retrain_steps import (
     FINGERPRINT_TAG,
     RetrainError,
     ensure_demo_data,
@@ -23,7 +24,6 @@ from tasks.pipeline_steps import (
     plan_training,
     prepare_checkpoint_dir,
 )
-from tasks.promote import promote
 
 TINY_MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 32, "frames": 32}
 

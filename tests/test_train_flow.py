@@ -19,7 +19,7 @@ from flows.train import train
 from storage import registry
 from storage.checkpoints import list_checkpoints
 from storage.mel_store import MelStore
-from tasks.train import TrainingError
+from tasks.train_data import TrainingError
 
 pytestmark = pytest.mark.integration
 
@@ -240,8 +240,8 @@ def test_a_block_refuses_a_start_checkpoint_that_is_not_the_one_handed_on(tmp_pa
                                                                           data_and_store):
     """The SHA-256 travels with the path: a file replaced between blocks is one line."""
     from flows.train import TrainParams
-    from tasks.train import checkpoint_meta, checkpoint_ref, describe_training_data, train_epochs
-    from tasks.train_run import block_spec
+    from tasks.train import block_spec, checkpoint_meta, checkpoint_ref, train_epochs
+    from tasks.train_data import describe_training_data
 
     _, store = data_and_store
     p = TrainParams(store=str(store), epochs=2, checkpoint_dir=str(tmp_path / "ck"), **FAST)

@@ -1,5 +1,8 @@
 """The retrain flow's own steps: demo data, the train-or-skip plan, checkpoint folders,
-evaluation of new and champion models, registration.
+evaluation of new and champion models, the new model's samples when training rendered none.
+
+Registration is the train flow's (`tasks.train.register_version`) and the samples reach the
+MLflow run as the train flow's do (`tasks.tracking.log_samples`).
 
 Each function does one job and is usable without Prefect (tests call them directly or with
 `.fn()`); the `*_task` wrappers at the bottom are what `flows/retrain.py` wires together.
@@ -213,16 +216,7 @@ def log_eval_metrics(run_id: str, metrics: dict[str, float] | None, prefix: str 
     return len(items)
 
 
-# --- registration --------------------------------------------------------------------------
-
-def register_version(bundle_dir: str, run_id: str, model_name: str,
-                     tags: dict[str, Any]) -> int:
-    """Log the bundle as the run's pyfunc model and register it; the alias comes later."""
-    mv = registry.log_generator_model(bundle_dir, run_id, model_name, tags)
-    if mv is None:
-        raise RetrainError("model was logged but not registered")
-    return int(mv.version)
-
+# --- samples -------------------------------------------------------------------------------
 
 def render_bundle(bundle_dir: str, out_dir: str, epoch: int, per_class: int) -> dict[str, Any]:
     """The new model's fixed grid as plots, wavs and a gallery (tasks.render; inside a
@@ -231,12 +225,6 @@ def render_bundle(bundle_dir: str, out_dir: str, epoch: int, per_class: int) -> 
 
     return render_samples.fn(load_bundle_dir(bundle_dir), out_dir=out_dir, epoch=epoch,
                              per_class=per_class)
-
-
-def log_samples(run_id: str, samples_dir: str) -> None:
-    """The rendered gallery as run artifacts (`samples/`)."""
-    if Path(samples_dir).is_dir():
-        registry.client().log_artifacts(run_id, samples_dir, "samples")
 
 
 # --- Prefect task wrappers -----------------------------------------------------------------
@@ -249,6 +237,4 @@ prepare_checkpoint_dir_task = task(prepare_checkpoint_dir, name="prepare-checkpo
                                    cache_policy=NO_CACHE)
 evaluate_model_task = task(evaluate_model, name="evaluate-model", cache_policy=NO_CACHE)
 log_eval_metrics_task = task(log_eval_metrics, name="log-eval-metrics", cache_policy=NO_CACHE)
-register_version_task = task(register_version, name="register-version", cache_policy=NO_CACHE)
 render_bundle_task = task(render_bundle, name="render-samples", cache_policy=NO_CACHE)
-log_samples_task = task(log_samples, name="log-samples", cache_policy=NO_CACHE)

@@ -71,14 +71,8 @@ def precompute_store(data: Path, store: Path, policies: dict[str, str]) -> dict[
 def train_variant(preset: str, store: Path, work: Path, budget_s: float) -> dict[str, Any]:
     """Train `preset` on `store` for `budget_s` CPU seconds; the exported bundle's path."""
     from gan.trainer import TimeBudget, TrainConfig
-    from tasks.train import (
-        checkpoint_meta,
-        export_checkpoint,
-        open_training_data,
-        prepare_trainer,
-        summarise,
-        train_block,
-    )
+    from tasks.train import checkpoint_meta, export_checkpoint, prepare_trainer, train_block
+    from tasks.train_data import open_training_data, summarise
 
     cfg = TrainConfig(preset=preset, epochs=1_000_000, batch_size=BATCH, seed=SEED,
                       device="cpu", checkpoint_every=1_000_000, sample_every=1_000_000)

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     command can be called in-process exactly as the console script runs it."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
+    # Prefect's temporary server (no server configured) migrates a new database on its
+    # first start: ~30 s on a busy 2-core machine, past Prefect's default 20 s wait
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     argv = sys.argv[1:] if argv is None else list(argv)
     group = build_command(argv[0] if argv else None)
     if not argv and os.environ.get(COMPLETE_VAR):  # the shell asks for completions

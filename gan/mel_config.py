@@ -30,7 +30,9 @@ class MelConfig:
       whole example when at least half of it is audio. Zero padding is learnt: the
       generator copies the band of digital silence (bench/bench_quality.py);
     - `pad_policy` (clips shorter than one example): "noise" (default) pads with noise at
-      the clip's own noise floor, "loop" repeats the clip, "zero-end" pads with zeros.
+      the clip's own noise floor, "loop" repeats the clip, "zero-end" pads with zeros. On
+      spoken digits "noise" trained the generator closest to its real rows and "zero-end"
+      farthest (`bench/bench_quality.py --pad-policies`, BENCHMARKS.md).
     """
 
     sample_rate: int = 22050

@@ -6,10 +6,10 @@ ESC-10 (400 real 5 s clips, 10 classes) is precomputed twice at 16 kHz into 64x6
 (1.02 s examples): once with the policies stores had before (`tail_policy="pad"`: the
 remainder of a split clip zero-padded to a whole example) and once with today's defaults
 (`"end"`: the last example ends at the clip's end). The generator trains only on the files
-that `evaluate` does not hold out (`tasks.train.training_rows`, split by source file), so
+that `evaluate` does not hold out (`tasks.train_data.training_rows`, split by source file), so
 no file is both trained on and used as the held-out real reference.
 
-Each variant trains through the product's own code (`tasks.train.open_training_data`,
+Each variant trains through the product's own code (`tasks.train_data.open_training_data`,
 `prepare_trainer`, `train_block`), one after another on one torch thread, until the first
 epoch boundary after `--budget-s` seconds of this process's CPU time (`TimeBudget` on
 `time.process_time`: other jobs on the machine cannot shrink a variant's share), then

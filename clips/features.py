@@ -30,21 +30,12 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from clips.names import AUDIO_EXTENSIONS, is_audio_name, one_line  # noqa: F401  (re-exported)
 from gan.spectral import MIN_TAIL_FRACTION, LogMel, MelConfig
 from storage.store_layout import mel_sums
 
-# extensions of formats libsndfile reads (matched case-insensitively)
-AUDIO_EXTENSIONS = frozenset({
-    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-    ".au", ".snd", ".caf", ".w64", ".rf64", ".voc", ".sf", ".ircam", ".nist", ".sph",
-})
 MAX_SINC_KERNEL = 4_000_000  # elements; beyond this (odd rate pairs) resample via FFT
 TRANSIENT_RETRIES = 2
-
-
-def is_audio_name(name: str) -> bool:
-    dot = name.rfind(".")
-    return dot > 0 and name[dot:].lower() in AUDIO_EXTENSIONS
 
 
 class ClipRejected(Exception):
@@ -419,8 +410,3 @@ def _source_frames_needed(source: str | bytes, target_samples: int, target_rate:
     except Exception:  # noqa: BLE001 - decode() reports it properly
         return None
     return int(math.ceil(target_samples * info.samplerate / target_rate)) + 64
-
-
-def one_line(x: object, limit: int = 200) -> str:
-    text = " ".join(str(x).split()) or type(x).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -33,15 +33,16 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from clips.features import Extracted, FeatureExtractor, one_line
+from clips.names import one_line
 from clips.scan import PrecomputeError
-from gan.spectral import MelConfig
+from gan.mel_config import MelConfig
 from storage.fault_points import fault_file, fault_point
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch comes with the extractor, when a file is first decoded
+    import torch
     from distributed import Client, LocalCluster
+
+    from clips.features import Extracted, FeatureExtractor
 
 POOLS = ("threads", "processes", "dask")
 PROCESS_CHUNK_FILES = 16  # files per job sent to a worker process (amortises the IPC)
@@ -71,6 +72,8 @@ class ThreadRunner:
 
     def __init__(self, cfg: MelConfig, device: torch.device, workers: int) -> None:
         self.workers = workers
+        from clips.features import FeatureExtractor
+
         self._extractor = FeatureExtractor(cfg, device)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="precompute")
 
@@ -220,6 +223,10 @@ _worker_extractor: FeatureExtractor | None = None
 
 def _init_worker(cfg: dict[str, Any], device: str, parent: int) -> None:
     global _worker_extractor
+    import torch
+
+    from clips.features import FeatureExtractor
+
     torch.set_num_threads(1)  # parallelism comes from the processes
     _worker_extractor = FeatureExtractor(MelConfig.from_dict(cfg), device)
     # a parent killed outright (SIGKILL) cannot shut the pool down: leave with it
@@ -251,6 +258,10 @@ def _extract_on_dask(cfg: dict[str, Any], device: str, jobs: list[FileJob]) -> l
     with _dask_lock:
         extractor = _dask_extractors.get(key)
         if extractor is None:
+            import torch
+
+            from clips.features import FeatureExtractor
+
             torch.set_num_threads(1)  # parallelism comes from the workers
             extractor = _dask_extractors[key] = FeatureExtractor(MelConfig.from_dict(cfg),
                                                                  device)

@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clips.features import is_audio_name, one_line
+from clips.names import is_audio_name, one_line
 
 
 class PrecomputeError(ValueError):

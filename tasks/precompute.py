@@ -17,15 +17,13 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from clips.features import Extracted
 from clips.pools import (
     POOLS,
     FileJob,
@@ -43,12 +41,16 @@ from clips.scan import (
     plan_changes,
     scan_data_dir,
 )
-from gan.devices import resolve_device
 from gan.limits import check_trainable_mel
 from gan.mel_config import MelConfig
 from report.progress import report
 from storage.store_lock import StoreLock
 from storage.store_writer import MelStoreWriter, NewFile
+
+if TYPE_CHECKING:  # torch comes with the first file to decode: an unchanged run has none
+    import torch
+
+    from clips.features import Extracted
 
 __all__ = [
     "DEFAULT_BATCH_FILES", "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock",
@@ -123,6 +125,8 @@ class _Progress:
 def torch_threads(n: int) -> Iterator[None]:
     """Parallelism comes from the file pool; intra-op threads on per-file sized ops only
     contend (measured up to 30x slower on a busy 2-core machine)."""
+    import torch
+
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -191,13 +195,18 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     ("auto": the GPU when CUDA has one)."""
     check_params(batch_size, workers, device, pool, dask_address)
     workers = int(workers or default_workers())
-    dev = _device(device)
     t0 = time.perf_counter()
     plan = plan_changes(scan, writer.known_files())
-    res = ComputeResult(plan=plan, workers=workers, device=str(dev), pool=pool)
+    res = ComputeResult(plan=plan, workers=workers, device=device, pool=pool)
     for path in plan.removed:
         if writer.remove([path]):
             res.removed.append(path)
+    if not plan.todo:  # nothing to read: no device, no pool, and torch is never imported
+        writer.commit()
+        res.seconds = time.perf_counter() - t0
+        return res
+    dev = _device(device)
+    res.device = str(dev)
     todo = (_file_job(f, plan) for f in plan.todo)
     progress = _Progress(len(plan.todo))
     # (future, its files, run alone?): a job run alone that kills its worker names the file
@@ -300,6 +309,8 @@ def _file_job(f: Any, plan: Plan) -> FileJob:
 
 def _worker_died(job: FileJob) -> Extracted:
     """The outcome of a file whose decoding killed the worker process running it alone."""
+    from clips.features import Extracted
+
     _, path, class_name, size, mtime_ns, _ = job
     return Extracted(path=path, class_name=class_name, size=size, mtime_ns=mtime_ns,
                      status="rejected", reason="the worker process died while decoding it "
@@ -307,6 +318,8 @@ def _worker_died(job: FileJob) -> Extracted:
 
 
 def _device(name: str) -> torch.device:
+    from gan.devices import resolve_device
+
     try:
         return resolve_device(name)
     except ValueError as exc:
@@ -437,7 +450,8 @@ def check_params(batch_size: int, workers: int | None, device: str = "cpu",
             raise PrecomputeError("workers does not apply to an existing Dask cluster "
                                   "(dask_address): it runs on the cluster's own workers")
         check_dask_address(dask_address)
-    _device(device)
+    if str(device) not in ("cpu", "auto"):  # always valid; checking others needs torch
+        _device(device)
 
 
 def check_mel(mel: dict[str, Any] | None) -> None:

@@ -102,3 +102,22 @@ def test_the_temporary_prefect_server_gets_time_to_migrate(tmp_path: Path) -> No
         out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, text=True,
                              capture_output=True, timeout=300, env=run_env)
         assert f"timeout: {expected}" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_unchanged_precompute_imports_no_torch(tmp_path: Path) -> None:
+    """Nothing to decode: the flow runs (on the session's Prefect server), reports the
+    store unchanged, and neither torch nor a pool is started."""
+    from prefect.settings import PREFECT_API_URL
+    from registry_fixtures import write_tone_dataset
+
+    data = write_tone_dataset(tmp_path / "data", clips=3)
+    store = tmp_path / "mels.zarr"
+    env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    args = ["precompute", str(data), "--store", str(store), "--workers", "1"]
+    rc, imported, err = run_cli(args, tmp_path, env)  # the first run decodes: torch
+    assert rc == 0, err[-2000:]
+    assert "torch" in imported
+    rc, imported, err = run_cli(args, tmp_path, env)
+    assert rc == 0, err[-2000:]
+    assert "torch" not in imported and "prefect" in imported

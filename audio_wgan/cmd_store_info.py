@@ -42,10 +42,10 @@ def run(args: SimpleNamespace) -> int:
     # and anything it cannot vouch for open the store's arrays
     try:
         info = None if args.verify else quick_info(args.store)
+        if info is None:
+            info = _open_and_read(args.store, args.verify)
     except StoreError as exc:
         raise UserError(str(exc)) from None
-    if info is None:
-        info = _open_and_read(args.store, args.verify)
     if args.json:
         print(to_json(info))
     else:
@@ -62,14 +62,10 @@ def run(args: SimpleNamespace) -> int:
 
 
 def _open_and_read(store: str, verify: bool) -> dict:
-    from audio_wgan.command import UserError
-    from storage.mel_store import MelStore, StoreError
+    from storage.mel_store import MelStore
 
-    try:
-        with MelStore.open(store, check=not verify) as st:
-            info = st.info()
-            if verify:
-                info["verify"] = st.verify()
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
+    with MelStore.open(store, check=not verify) as st:
+        info = st.info()
+        if verify:
+            info["verify"] = st.verify()
     return info

@@ -42,7 +42,7 @@ import zarr
 from gan.mel_config import MelConfig
 from storage.store_backend import Lock, StoreBackend, backend_for
 from storage.store_errors import StoreError
-from storage.store_generations import LEASE_RETRIES, generation_prefix
+from storage.store_generations import generation_prefix
 from storage.store_integrity import damaged_files, read_checked, require_rows, verify_arrays
 from storage.store_layout import (
     ARRAY_NAMES,
@@ -61,7 +61,7 @@ from storage.store_layout import (
 from storage.store_manifest import (
     FileEntry,
     Manifest,
-    committed_manifest,
+    leased_manifest,
     read_manifest,
 )
 from storage.store_summary import (  # noqa: F401  (store-info's text, re-exported)
@@ -128,19 +128,7 @@ class MelStore:
         """
         be = backend_for(path)
         p = be.path
-        manifest = committed_manifest(be)
-        for _ in range(LEASE_RETRIES):
-            # lease the generation, then check it is still the committed one: a compaction
-            # may have moved on (and deleted it) between the two reads
-            lease = be.reader_lease(manifest.generation).acquire()
-            latest = committed_manifest(be)
-            if latest.generation == manifest.generation:
-                manifest = latest
-                break
-            lease.release()
-            manifest = latest
-        else:
-            raise StoreError(f"store {p} keeps being compacted; try again")
+        manifest, lease = leased_manifest(be)
         try:
             group = zarr.open_group(be.zarr_store(read_only=True), mode="r",
                                     use_consolidated=False)
@@ -390,8 +378,8 @@ class MelStore:
     def info(self) -> dict[str, Any]:
         """What `audio-wgan store-info --json` prints (`storage.store_summary`)."""
         mean, std = self.stats() if len(self) else (np.zeros(0), np.zeros(0))
-        return summary_fields(self.path, self.manifest, self.disk_bytes(), self._chunk_rows,
-                              mean.tolist(), std.tolist())
+        return summary_fields(self.path, self.manifest, self.fingerprint, self.disk_bytes(),
+                              self._chunk_rows, mean.tolist(), std.tolist())
 
 
 class _Closed:

@@ -24,8 +24,9 @@ import orjson
 
 from gan.mel_config import MelConfig
 from storage.file_names import escape, is_plain, unescape
-from storage.store_backend import StoreBackend, backend_for
+from storage.store_backend import Lock, StoreBackend, backend_for
 from storage.store_errors import StoreError
+from storage.store_generations import LEASE_RETRIES
 from storage.store_names import MANIFEST_FILE
 
 FORMAT = "audio-wgan-mel-store"
@@ -226,6 +227,23 @@ def committed_manifest(be: StoreBackend) -> Manifest:
         raise StoreError(f"{p} is not a mel store (no committed {MANIFEST_FILE}); "
                          f"run `audio-wgan precompute DATA_DIR --store {p}`")
     return manifest
+
+
+def leased_manifest(be: StoreBackend) -> tuple[Manifest, Lock]:
+    """The committed manifest and a held reader lease on its generation (release it when
+    done), so that a compaction keeps the arrays it names; StoreError as
+    `committed_manifest`, or when compactions keep moving on."""
+    manifest = committed_manifest(be)
+    for _ in range(LEASE_RETRIES):
+        # lease the generation, then check it is still the committed one: a compaction
+        # may have moved on (and deleted it) between the two reads
+        lease = be.reader_lease(manifest.generation).acquire()
+        latest = committed_manifest(be)
+        if latest.generation == manifest.generation:
+            return latest, lease
+        lease.release()
+        manifest = latest
+    raise StoreError(f"store {be.path} keeps being compacted; try again")
 
 
 def commit_manifest(store: str | Path | StoreBackend, manifest: Manifest) -> None:

@@ -21,12 +21,12 @@ from typing import Any
 from storage.file_names import escape, printable
 from storage.store_backend import LocalBackend, backend_for
 from storage.store_generations import generation_prefix
-from storage.store_manifest import Manifest, committed_manifest, read_manifest
+from storage.store_manifest import Manifest, leased_manifest
 from storage.store_names import ARRAY_NAMES, MELS, disk_bytes
 
 
-def summary_fields(path: str | Path, manifest: Manifest, disk: int, chunk_rows: int,
-                   mean: list[float], std: list[float]) -> dict[str, Any]:
+def summary_fields(path: str | Path, manifest: Manifest, fingerprint: str, disk: int,
+                   chunk_rows: int, mean: list[float], std: list[float]) -> dict[str, Any]:
     """The store-info dict (what `--json` prints) of a committed manifest."""
     m = manifest
     entries = m.live_entries()
@@ -50,7 +50,7 @@ def summary_fields(path: str | Path, manifest: Manifest, disk: int, chunk_rows: 
         "dead_rows": m.rows - rows,
         "generation": m.generation,
         "chunk_rows": chunk_rows,
-        "fingerprint": m.fingerprint(),
+        "fingerprint": fingerprint,
         "stats": {"mean_db": math.fsum(mean) / len(mean) if mean else None,
                   "std_db": math.fsum(std) / len(std) if std else None},
         "format_version": m.format_version,
@@ -66,23 +66,18 @@ def quick_info(path: str | Path) -> dict[str, Any] | None:
     be = backend_for(path)
     if not isinstance(be, LocalBackend):
         return None
-    manifest = committed_manifest(be)  # no store: StoreError, the same line as a full open
+    manifest, lease = leased_manifest(be)  # StoreError: the same line as a full open
     try:
-        lease = be.reader_lease(manifest.generation).acquire()
-        try:
-            latest = read_manifest(be)
-            if latest is None or latest.generation != manifest.generation:
-                return None  # a compaction moved on meanwhile
-            return _from_manifest(be.path, latest)
-        finally:
-            lease.release()
+        return _from_manifest(be.path, manifest)
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
+    finally:
+        lease.release()
 
 
 def _from_manifest(root: Path, m: Manifest) -> dict[str, Any] | None:
-    stats = m.stats
-    if m.live_rows() and not (stats and stats.get("fingerprint") == m.fingerprint()):
+    stats, fingerprint, live = m.stats, m.fingerprint(), m.live_rows() > 0
+    if live and not (stats and stats.get("fingerprint") == fingerprint):
         return None  # an interrupted run: the statistics must be computed from the rows
     prefix = generation_prefix(m.generation)
     chunk_rows = 0
@@ -97,8 +92,8 @@ def _from_manifest(root: Path, m: Manifest) -> dict[str, Any] | None:
         if keys is None or not all((root / prefix / name / k).is_file() for k in keys):
             return None
     # float32, as `MelStore.stats` serves them
-    mean, std = (array("f", stats[k]).tolist() if m.live_rows() else [] for k in ("mean", "std"))
-    return summary_fields(root, m, disk_bytes(root), chunk_rows, mean, std)
+    mean, std = (array("f", stats[k]).tolist() if live else [] for k in ("mean", "std"))
+    return summary_fields(root, m, fingerprint, disk_bytes(root), chunk_rows, mean, std)
 
 
 def _chunk_keys(meta: dict[str, Any], n_chunks: int) -> list[str] | None:

@@ -68,8 +68,8 @@ def run(args: SimpleNamespace) -> int:
     from audio_wgan.command import UserError, quiet_run_failures
     from audio_wgan.progress_display import shown
     from flows.retrain import retrain
-    from flows.train import validate_params
-    from storage.registry import tracking_uri
+    from flows.train_params import validate_params
+    from storage.registry_listing import tracking_uri
 
     try:  # the training knobs, before demo data and precompute take minutes
         validate_params({"store": args.store, "preset": args.preset, "epochs": args.epochs,

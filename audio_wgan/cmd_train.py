@@ -80,10 +80,10 @@ def run(args: SimpleNamespace) -> int:
     from audio_wgan.command import UserError, quiet_run_failures
     from audio_wgan.progress_display import shown
     from flows.train import train
+    from gan.errors import TrainingError
     from storage.checkpoints import CheckpointError
     from storage.registry import RegistryError
     from storage.store_errors import StoreError
-    from tasks.train_data import TrainingError
 
     output_dir(args.checkpoint_dir, "--checkpoint-dir")  # before any epoch is trained
     quiet_run_failures()

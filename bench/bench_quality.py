@@ -56,8 +56,13 @@ CHANGES: dict[str, dict[str, Any]] = {
 # differentiable transforms, gan.augment)
 # (the default was small-proj-cbn when quality_contenders.md was measured: translation and
 # translation + cutout on top of it; translation won and is in today's default)
+# (quality_contenders_1200.md: cutout on top of translation did not help at 1200 CPU s).
+# An entry's "train" holds TrainConfig changes instead of preset switches: fewer critic
+# steps per generator step buy more generator steps in the same CPU budget (BigGAN trains
+# with 2; Heusel et al.'s two time-scale rule lets the critic keep up with a higher rate).
 CONTENDERS: dict[str, dict[str, Any]] = {
-    "DiffAugment cutout": {"augment": ("translation", "cutout")},
+    "2 critic steps per G step": {"train": {"n_critic": 2}},
+    "2 critic steps per G step, Adam 2e-4": {"train": {"n_critic": 2, "lr": 2e-4}},
 }
 RESULT_CONTENDERS = ROOT / "bench" / "results" / "quality_contenders.md"
 RESULT_PRESETS = ROOT / "bench" / "results" / "quality_presets.md"
@@ -75,14 +80,17 @@ def precompute_store(data: Path, store: Path, policies: dict[str, str],
     return precompute(str(data), str(store), mel={**(mel or MEL), **policies}, device="cpu")
 
 
-def train_variant(preset: str, store: Path, work: Path, budget_s: float) -> dict[str, Any]:
-    """Train `preset` on `store` for `budget_s` CPU seconds; the exported bundle's path."""
+def train_variant(preset: str, store: Path, work: Path, budget_s: float,
+                  train: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `preset` on `store` for `budget_s` CPU seconds (`train`: TrainConfig changes);
+    the exported bundle's path."""
     from gan.trainer import TimeBudget, TrainConfig
     from tasks.train import checkpoint_meta, export_checkpoint, prepare_trainer, train_block
     from tasks.train_data import open_training_data, summarise
 
     cfg = TrainConfig(preset=preset, epochs=1_000_000, batch_size=BATCH, seed=SEED,
-                      device="cpu", checkpoint_every=1_000_000, sample_every=1_000_000)
+                      device="cpu", checkpoint_every=1_000_000, sample_every=1_000_000,
+                      **(train or {}))
     data = open_training_data(str(store), BATCH, SEED)
     trainer, _ = prepare_trainer(cfg, data, str(work / "ck"), False, False)
     w0, c0 = time.perf_counter(), time.process_time()
@@ -124,9 +132,11 @@ def combine(names: list[str]) -> dict[str, Any]:
 
 
 def run_one(label: str, preset: str, store: Path, ref_store: Path, work: Path,
-            budget_s: float, ceilings: bool) -> dict[str, Any]:
-    print(f"== {label} (preset {preset}, store {store.name})", flush=True)
-    trained = train_variant(preset, store, work / label.replace(" ", "_"), budget_s)
+            budget_s: float, ceilings: bool,
+            train: dict[str, Any] | None = None) -> dict[str, Any]:
+    print(f"== {label} (preset {preset}, store {store.name}, train {train or {}})", flush=True)
+    trained = train_variant(preset, store, work / label.replace(" ", "_").replace(",", ""),
+                            budget_s, train)
     t0 = time.perf_counter()
     metrics = evaluate_variant(trained["bundle"], ref_store, ceilings)
     row = {"label": label, "preset": preset, "store": store.name, **trained,
@@ -276,10 +286,12 @@ def contenders(args: argparse.Namespace, store: Path, work: Path, started: float
     rows = [run_one(f"{DEFAULT_PRESET} (default for user data)", DEFAULT_PRESET, store, store,
                     work, args.budget_s, ceilings=True)]
     real = {k: v for k, v in rows[0]["metrics"].items() if k.startswith("real_")}
-    for i, (name, switches) in enumerate(CONTENDERS.items()):
-        preset = register_preset(base.variant(f"bench-contender-{i}", **switches)).name
+    for i, (name, change) in enumerate(CONTENDERS.items()):
+        switches = {k: v for k, v in change.items() if k != "train"}
+        preset = (register_preset(base.variant(f"bench-contender-{i}", **switches)).name
+                  if switches else DEFAULT_PRESET)
         rows.append(run_one(f"+ {name}", preset, store, store, work, args.budget_s,
-                            ceilings=False))
+                            ceilings=False, train=change.get("train")))
     classes = list(MelStore.open(store).classes)
     chosen = [r["label"].removeprefix("+ ") for r in rows[1:]
               if helped(rows[0]["metrics"], r["metrics"])]

@@ -52,7 +52,7 @@ def ensure_demo_inputs(needs_store: bool = False) -> dict[str, Any]:
     left alone: user data is never generated or touched here.
     """
     from flows.defaults import DEMO_CLIPS_PER_CLASS, DEMO_DATA_DIR, DEMO_MEL, STORE
-    from tasks.retrain_steps import ensure_demo_data, same_path
+    from tasks.retrain_plan import ensure_demo_data, same_path
 
     params = _run_parameters()
     data_dir = params.get("data_dir", DEMO_DATA_DIR)

@@ -1,7 +1,8 @@
 """The `retrain` flow: precompute -> (new data?) train -> render -> evaluate -> register ->
 promote. Scheduled weekly by prefect.yaml; `audio-wgan run` calls it with the demo defaults.
 
-Wiring only; the steps live in `tasks/retrain_steps.py` and `tasks/promote.py`, and the
+Wiring only; the steps live in `tasks/retrain_plan.py` (up to the train-or-skip decision,
+light), `tasks/retrain_steps.py` and `tasks/promote.py` (imported only when training), and the
 `precompute` and `train` flows run as subflows. Idempotent: a store whose exact content some
 registered version was trained on is skipped in seconds (unless `force`), so re-running on
 the same data never registers a second version. A retrain that crashed mid-training resumes
@@ -30,22 +31,14 @@ from flows.defaults import (
     STORE,
 )
 from flows.precompute import precompute
-from flows.train import train
-from tasks.promote import lower_is_better_for, promote_task
-from tasks.retrain_steps import (
+from storage.promotion_rule import lower_is_better_for
+from tasks.retrain_plan import (
     FINGERPRINT_TAG,
     RetrainError,
-    champion_checkpoint_task,
     ensure_demo_data_task,
-    evaluate_model_task,
-    log_eval_metrics_task,
     mel_for,
     plan_training_task,
-    prepare_checkpoint_dir_task,
-    render_bundle_task,
 )
-from tasks.tracking import log_samples_task
-from tasks.train import register_version_task
 
 # The demo store (200 clips -> 400 rows of 64x64) costs ~2 CPU-s per `small` epoch: minutes.
 DEMO_EPOCHS = 100
@@ -110,6 +103,20 @@ def retrain(data_dir: str = DEMO_DATA_DIR, store: str = STORE, preset: str = DEM
             key="retrain", description="retrain skipped: store unchanged")
         return {**base, "skipped": True, "reason": plan["reason"]}
     log.info("retrain: training: %s", plan["reason"])
+    # the training half imports torch, MLflow and matplotlib (seconds): only when it runs,
+    # so that an unchanged retrain answers at once
+    from flows.train import train
+    from tasks.promote import promote_task
+    from tasks.retrain_steps import (
+        champion_checkpoint_task,
+        evaluate_model_task,
+        log_eval_metrics_task,
+        prepare_checkpoint_dir_task,
+        render_bundle_task,
+    )
+    from tasks.tracking import log_samples_task
+    from tasks.train import register_version_task
+
 
     champion = champion_checkpoint_task(model_name)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from gan.errors import first_line
 from gan.mel_config import MelConfig
 from storage.store_backend import Lock, StoreBackend, backend_for
 from storage.store_errors import StoreError
@@ -141,7 +142,7 @@ class MelStore:
             lease.release()
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"store {p} is damaged: {_one_line(exc)}") from None
+            raise StoreError(f"store {p} is damaged: {first_line(exc)}") from None
         except BaseException:
             lease.release()
             raise
@@ -395,6 +396,3 @@ class _Closed:
         raise StoreError(f"store {self.path} was closed")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())

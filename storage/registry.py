@@ -22,6 +22,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
+from gan.errors import first_line
 from storage.promotion_rule import CANDIDATE, CHAMPION, NO_METRIC, decide, finite
 from storage.registry_listing import (  # noqa: F401  (re-exported: one declaration each)
     KEY_METRICS,
@@ -207,13 +208,10 @@ def load_bundle(model_uri: str, device: str = "cpu") -> GeneratorBundle:
         try:
             path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         except MlflowException as exc:
-            raise RegistryError(f"cannot resolve {model_uri}: {_first_line(exc)}") from None
+            raise RegistryError(f"cannot resolve {model_uri}: {first_line(exc)}") from None
         return load_bundle_dir(_bundle_dir_in_model(path), device)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --- listing and aliases -------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The retrain flow's own steps: demo data, the train-or-skip plan, checkpoint folders,
-evaluation of new and champion models, the new model's samples when training rendered none.
+"""The retrain flow's training half: the champion's checkpoint, checkpoint folders, evaluation
+of new and champion models, the new model's samples when training rendered none (the steps
+before, which decide whether to train at all, are `tasks/retrain_plan.py`).
 
 Registration is the train flow's (`tasks.train.register_version`) and the samples reach the
 MLflow run as the train flow's do (`tasks.tracking.log_samples`).
@@ -20,98 +21,16 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from clips.demo import MARKER, write_demo_data
+from gan.errors import first_line
 from storage import registry
 from storage.checkpoints import CheckpointError, list_checkpoints, verify_checkpoint
 from storage.model_bundle import GeneratorBundle, load_bundle_dir
+from tasks.retrain_plan import FINGERPRINT_TAG, RetrainError
 
 PLAN_FILE = "retrain.json"  # in a retrain checkpoint folder: the target, what it started from
-FINGERPRINT_TAG = "store_fingerprint"
 CHECKPOINT_TAG = "checkpoint"
 
 
-class RetrainError(ValueError):
-    """The retrain cannot go on as asked; one line."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-# --- demo data -----------------------------------------------------------------------------
-
-def same_path(a: str | Path, b: str | Path) -> bool:
-    """Whether two paths (relative ones to the working directory) name the same place."""
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def ensure_demo_data(data_dir: str | Path, clips_per_class: int, demo: bool | None = None,
-                     default_dir: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
-    """Write the synthetic demo data set into data_dir when it is wanted and not complete.
-
-    `demo=None` (auto): only for the default demo folder (`default_dir`, the flows pass
-    `work/demo-data`), and only when it is missing, so a fresh checkout runs with no
-    parameters. `demo=True`: data_dir is a demo folder (it may
-    grow: a larger `clips_per_class` adds the missing clips, existing ones stay). A folder
-    that exists but is not a demo data set is never written into.
-    """
-    p = Path(data_dir)
-    auto = default_dir is not None and same_path(p, default_dir) and not p.exists()
-    wanted = demo if demo is not None else auto
-    if not wanted:
-        return {"data_dir": str(p), "demo": bool((p / MARKER).is_file()), "written": 0}
-    if p.exists() and any(p.iterdir()) and not (p / MARKER).is_file():
-        raise RetrainError(f"{p} holds files but is not a demo data set; refusing to write "
-                           f"demo clips into it (pass demo=false, or another data_dir)")
-    info = write_demo_data(p, clips_per_class=clips_per_class, seed=seed)
-    return {"data_dir": str(p), "demo": True, "written": info["written"],
-            "clips_per_class": clips_per_class}
-
-
-def mel_for(data_dir: str | Path, mel: dict[str, Any] | None,
-            demo_mel: dict[str, Any]) -> dict[str, Any] | None:
-    """The mel overrides to precompute with: `mel`, else `demo_mel` for a demo data set,
-    else None (a new store then takes the seed's defaults; an existing one keeps its own)."""
-    if mel is not None:
-        return dict(mel)
-    if (Path(data_dir) / MARKER).is_file():
-        return dict(demo_mel)
-    return None
-
-
-# --- train or skip -------------------------------------------------------------------------
-
-def plan_training(model_name: str, fingerprint: str, force: bool = False) -> dict[str, Any]:
-    """Decide whether this store content needs a new model.
-
-    Train when forced, when nothing is registered yet, or when no registered version was
-    trained on exactly this store content (its `store_fingerprint` tag). A version that
-    lost to the champion still counts: the same data would give the same model again.
-    """
-    try:
-        versions = registry.list_versions(model_name)
-    except registry.RegistryError:
-        versions = []
-    champion = next((v for v in versions if registry.CHAMPION in v["aliases"]), None)
-    base = {"fingerprint": fingerprint, "versions": len(versions),
-            "champion": champion["version"] if champion else None}
-    if force:
-        return {**base, "train": True, "reason": "forced"}
-    if not versions:
-        return {**base, "train": True, "reason": f"no version of {model_name!r} registered yet"}
-    same = [v for v in versions if v["tags"].get(FINGERPRINT_TAG) == fingerprint]
-    if same:
-        v = same[0]
-        alias = f" (@{', @'.join(v['aliases'])})" if v["aliases"] else ""
-        return {**base, "train": False, "version": v["version"],
-                "reason": f"store unchanged: v{v['version']}{alias} was trained on this "
-                          f"exact content (fingerprint {fingerprint[:12]})"}
-    ref = champion or versions[0]
-    was = ref["tags"].get(FINGERPRINT_TAG, "unknown")
-    return {**base, "train": True,
-            "reason": f"store changed since v{ref['version']} (fingerprint {was[:12]} -> "
-                      f"{fingerprint[:12]})"}
 
 
 def champion_checkpoint(model_name: str) -> dict[str, Any] | None:
@@ -157,7 +76,7 @@ def prepare_checkpoint_dir(root: str | Path, fingerprint: str, epochs: int, forc
                 verify_checkpoint(src)
             except CheckpointError as exc:
                 raise RetrainError(f"cannot warm start from champion v{champion['version']}: "
-                                   f"{_one_line(exc)}") from None
+                                   f"{first_line(exc)}") from None
             for f in (src, src.with_name(src.name + ".sha256")):
                 shutil.copy2(f, d / f.name)
             start_epoch = int(src.stem.split("_")[-1])
@@ -191,7 +110,7 @@ def evaluate_model(model: str | GeneratorBundle, store: str, n_per_class: int, s
         metrics = evaluate(bundle, store, n_per_class=n_per_class, seed=seed,
                            ceilings=ceilings)
     except (ValueError, OSError, RuntimeError, KeyError) as exc:
-        return {"metrics": None, "value": None, "error": _one_line(exc),
+        return {"metrics": None, "value": None, "error": first_line(exc),
                 "seconds": round(time.perf_counter() - t0, 2)}
     value = metrics.get(metric)
     value = float(value) if value is not None and math.isfinite(float(value)) else None
@@ -229,8 +148,6 @@ def render_bundle(bundle_dir: str, out_dir: str, epoch: int, per_class: int) -> 
 
 # --- Prefect task wrappers -----------------------------------------------------------------
 
-ensure_demo_data_task = task(ensure_demo_data, name="ensure-demo-data", cache_policy=NO_CACHE)
-plan_training_task = task(plan_training, name="plan-training", cache_policy=NO_CACHE)
 champion_checkpoint_task = task(champion_checkpoint, name="find-champion",
                                 cache_policy=NO_CACHE)
 prepare_checkpoint_dir_task = task(prepare_checkpoint_dir, name="prepare-checkpoint-dir",

@@ -23,6 +23,7 @@ from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from gan.errors import TrainingError, first_line
 from gan.trainer import EpochStats, NonFiniteLossError, TimeBudget, TrainConfig, WGANTrainer
 from report.progress import report
 from report.run_context import in_prefect_run
@@ -44,10 +45,8 @@ from tasks.render import render_samples
 from tasks.tracking import MetricBatcher
 from tasks.train_data import (
     TrainingData,
-    TrainingError,
     block_data,
     check_same_store,
-    first_line,
     summarise,
     training_data,
 )

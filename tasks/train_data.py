@@ -2,8 +2,8 @@
 streamed), the real clips renders compare with, and what checkpoints record of the data.
 
 Read once per process and store content (`training_data`): every block of a run and its
-renders ask for the same data. `TrainingError` is the one-line error training raises (a bad
-store here, a bad checkpoint or a NaN loss in `tasks.train`).
+renders ask for the same data. A bad store raises `gan.errors.TrainingError`, the one-line
+error training raises (as do a bad checkpoint or a NaN loss in `tasks.train`).
 """
 
 from __future__ import annotations
@@ -18,22 +18,13 @@ from prefect.cache_policies import NO_CACHE
 
 from gan.classifier import split_by_source
 from gan.data import ResidentData, StreamingData, TrainData
+from gan.errors import TrainingError, first_line
 from gan.spectral import MelConfig, Normaliser
 from gan.trainer import TrainConfig
 from storage.mel_store import MelStore, StoreError
 
 FIT_PART = 0  # `split_by_source`'s training part (storage.classifier_cache.FIT)
 REAL_PER_CLASS = 2  # real clips per class in each render's gallery
-
-
-class TrainingError(ValueError):
-    """Training cannot start or go on; one line, printed as is by the CLI."""
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as the one line a TrainingError carries."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --- data ----------------------------------------------------------------------------------

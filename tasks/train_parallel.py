@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from gan.devices import resolve_device
 from gan.distributed import World
+from gan.errors import TrainingError
 from gan.trainer import EpochStats, NonFiniteLossError, TimeBudget, TrainConfig, WGANTrainer
 from storage.checkpoints import (
     CheckpointError,
@@ -38,7 +39,7 @@ from storage.checkpoints import (
     save_checkpoint,
 )
 from storage.fault_points import fault_point
-from tasks.train_data import TrainingError, check_same_store, open_training_data
+from tasks.train_data import check_same_store, open_training_data
 
 MONITOR_INTERVAL_S = 1  # how often torchrun looks for a dead rank
 _ROOT_CAUSE = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)

@@ -121,3 +121,15 @@ def test_an_unchanged_precompute_imports_no_torch(tmp_path: Path) -> None:
     rc, imported, err = run_cli(args, tmp_path, env)
     assert rc == 0, err[-2000:]
     assert "torch" not in imported and "prefect" in imported
+
+
+def test_run_checks_its_training_knobs_without_torch(tmp_path: Path) -> None:
+    """`run` refuses a bad training knob in one line before any work, and the check
+    (flows.train_params) needs neither torch nor MLflow (an unchanged run imports neither:
+    tests/test_retrain.py)."""
+    rc, imported, err = run_cli(["run", "--batch-size", "0"], tmp_path)
+    assert rc == 2
+    assert err.strip().splitlines()[-1].endswith("invalid batch_size: Input should be "
+                                                 "greater than or equal to 1 (got 0)")
+    assert not imported & {"torch", "mlflow"}, imported
+    assert not (tmp_path / "work").exists()  # nothing written

@@ -3,7 +3,11 @@ only of better models (real Prefect server, real MLflow registry on SQLite, real
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,15 +20,16 @@ from storage import registry
 from storage.checkpoints import save_checkpoint
 from storage.promotion_rule import CANDIDATE, CHAMPION, decide, lower_is_better_for
 from tasks.promote import promote
-from tasks.retrain_steps import (
+from tasks.retrain_plan import (
     FINGERPRINT_TAG,
     RetrainError,
     ensure_demo_data,
     mel_for,
     plan_training,
-    prepare_checkpoint_dir,
 )
+from tasks.retrain_steps import prepare_checkpoint_dir
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 128, "n_mels": 32, "frames": 32}
 
 
@@ -173,9 +178,10 @@ def test_retrain_flow_end_to_end(tmp_path: Path, mlflow_uri: str, prefect_harnes
     assert any(a.path == "samples" for a in c.list_artifacts(first["run_id"]))
 
     t0 = time.monotonic()
-    second = retrain(**params)  # same clips: nothing to do, nothing registered
+    second, imported = retrain_in_fresh_process(params, tmp_path)  # same clips: nothing
     assert second["skipped"] and "store unchanged: v1" in second["reason"]
     assert len(c.search_model_versions("name='audio-wgan'")) == 1
+    assert not imported & {"torch", "mlflow", "matplotlib"}, imported  # the skip is light
     print(f"skip took {time.monotonic() - t0:.1f} s")
 
     third = retrain(**{**params, "demo_clips_per_class": 4, "warm_start": True})
@@ -188,6 +194,27 @@ def test_retrain_flow_end_to_end(tmp_path: Path, mlflow_uri: str, prefect_harnes
     assert third["decision"] == (CHAMPION if better else CANDIDATE)
     reason = c.get_model_version("audio-wgan", "2").tags["promotion_reason"]
     assert reason == third["promotion"]["reason"]
+
+
+def retrain_in_fresh_process(params: dict, cwd: Path) -> tuple[dict, set[str]]:
+    """The retrain flow run by a new interpreter (on this session's Prefect server): its
+    result, and which heavy libraries it imported on the way."""
+    from prefect.settings import PREFECT_API_URL
+
+    probe = ("import json, sys\n"
+             "from flows.retrain import retrain\n"
+             "r = retrain(**json.loads(sys.argv[1]))\n"
+             "heavy = ('torch', 'mlflow', 'matplotlib', 'prefect')\n"
+             "print('RESULT', json.dumps({'result': r, 'imported': "
+             "[m for m in heavy if m in sys.modules]}, default=str))\n")
+    out = subprocess.run([sys.executable, "-c", probe, json.dumps(params)], cwd=cwd,
+                         text=True, capture_output=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT),
+                              "PREFECT_API_URL": str(PREFECT_API_URL.value())})
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert out.returncode == 0 and line, out.stdout[-2000:] + out.stderr[-2000:]
+    got = json.loads(line[-1].removeprefix("RESULT "))
+    return got["result"], set(got["imported"])
 
 
 @pytest.mark.integration

@@ -182,7 +182,8 @@ def test_uncommitted_rows_in_the_last_chunk_leave_its_checksum_valid(tmp_path: P
 
 
 def test_training_refuses_a_store_with_a_lost_chunk(tmp_path: Path) -> None:
-    from tasks.train_data import TrainingError, open_training_data
+    from gan.errors import TrainingError
+    from tasks.train_data import open_training_data
 
     store = tmp_path / "s"
     three_chunk_store(store)

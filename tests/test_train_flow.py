@@ -16,10 +16,10 @@ import gan.trainer
 from audio_wgan.cli import main
 from flows.precompute import precompute
 from flows.train import train
+from gan.errors import TrainingError
 from storage import registry
 from storage.checkpoints import list_checkpoints
 from storage.mel_store import MelStore
-from tasks.train_data import TrainingError
 
 pytestmark = pytest.mark.integration
 

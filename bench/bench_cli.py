@@ -15,7 +15,11 @@ built once, in a temp dir, by `audio-wgan precompute` from the first `--files` c
   `audio-wgan store-info STORE`, and what bash runs when TAB completes `audio-wgan sto`;
 - `audio-wgan precompute` of the unchanged data (it starts a flow: Prefect's temporary
   server unless PREFECT_API_URL names one), and the same after `audio-wgan server start`
-  (a background Prefect server in the temp dir, started once before timing).
+  (a background Prefect server in the temp dir, started once before timing);
+- an unchanged `audio-wgan run` (the retrain flow finds the store's content registered and
+  stops), on Prefect's temporary server and after `audio-wgan server start`; each in its
+  own folder, where `audio-wgan run --epochs 1` first trained and registered a model
+  (its own SQLite registry, so the `models` row keeps its versions).
 
 Peak RSS is GNU time's %M of the command (its largest process; /usr/bin/time starts
 each one). Writes bench/results/cli.md.
@@ -42,6 +46,7 @@ CLI = str(Path(PY).with_name("audio-wgan"))
 GNU_TIME = "/usr/bin/time"
 TARGET_S = 0.6  # issue 13: store-info, models and --help under 0.6 s
 PRECOMPUTE_TARGET_S = 2.5  # issue 13: an unchanged precompute of 1,631 files
+RUN_TARGET_S = 5.0  # issue 13: an unchanged `audio-wgan run`
 
 
 def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, int]:
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-server", action="store_true",
                     help="leave out the unchanged precompute on `audio-wgan server start`'s "
                     "server")
+    ap.add_argument("--no-run", action="store_true",
+                    help="leave out the unchanged `audio-wgan run` (its set-up trains twice)")
     ap.add_argument("--before", metavar="REV",
                     help="also run each audio-wgan command on the code of commit REV")
     ap.add_argument("--out", type=Path, default=RESULT)
@@ -176,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             rows[f"audio-wgan precompute DATA --store STORE (unchanged, {n_files} files, "
                  "after `audio-wgan server start`)"] = [
                 "served", CLI, "precompute", str(data), "--store", str(store)]
+        if not args.no_run:
+            rows.update(run_rows(tmp, env, envs, cwds, served=not args.no_server))
         if args.before:
             rows.update(before_rows(rows, args.before, tmp, env, envs))
         runs: dict[str, list[tuple[float, int, int]]] = {k: [] for k in rows}
@@ -192,6 +201,26 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(text)
     print(text)
     return 0
+
+
+def run_rows(tmp: Path, env: dict[str, str], envs: dict[str, dict[str, str]],
+             cwds: dict[str, Path], served: bool) -> dict[str, list[str]]:
+    """Rows of an unchanged `audio-wgan run`, each in a folder where one run trained first
+    (the served one in the folder whose `audio-wgan server start` is recorded)."""
+    rows = {}
+    places = [("run-temp", tmp / "run-temp", {k: v for k, v in env.items()
+                                              if k != "PREFECT_API_URL"}, "")]
+    if served:
+        places.append(("run-served", cwds["served"], envs["served"],
+                       ", after `audio-wgan server start`"))
+    for key, cwd, base, note in places:
+        cwd.mkdir(exist_ok=True)
+        envs[key] = {k: v for k, v in base.items() if k != "MLFLOW_TRACKING_URI"}
+        cwds[key] = cwd
+        subprocess.run([CLI, "run", "--epochs", "1"], cwd=cwd, env=envs[key], check=True,
+                       stdout=subprocess.DEVNULL)
+        rows[f"audio-wgan run (unchanged{note})"] = [key, CLI, "run"]
+    return rows
 
 
 def report(runs: dict[str, list[tuple[float, int, int]]], cmd: str, reps: int,
@@ -231,7 +260,7 @@ def report(runs: dict[str, list[tuple[float, int, int]]], cmd: str, reps: int,
                                  ) and "before" not in label and "MLflow" not in label
         limit = (TARGET_S if quick else PRECOMPUTE_TARGET_S
                  if label.startswith("audio-wgan precompute") and "before" not in label
-                 else None)
+                 else RUN_TARGET_S if label.startswith("audio-wgan run") else None)
         target = ""
         if limit is not None:
             ok = statistics.median(walls) < limit

@@ -15,6 +15,7 @@ runs in float32 unless `amp=True` is asked for (bf16 autocast).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import random
 import time
@@ -216,9 +217,14 @@ class WGANTrainer:
 
         ids = [self.device] if self.device.type == "cuda" else None
         # BatchNorm in training mode uses batch statistics, so the running buffers never
-        # change a step: no broadcast per forward (rank 0's are what checkpoints keep)
-        return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False,
-                                       gradient_as_bucket_view=True)
+        # change a step: no broadcast per forward (rank 0's are what checkpoints keep).
+        # torch 2.14 renamed the switch (the old name warns); the ranks' buffers are equal
+        # at the start, so the new one's sync at init changes nothing
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
+                   else {"broadcast_buffers": False})
+        return DistributedDataParallel(net, device_ids=ids, gradient_as_bucket_view=True,
+                                       **no_sync)
 
     def _rank_seed(self) -> int:
         return (self.cfg.seed + 1 + self.world.rank * RANK_SEED_STRIDE) % 2**63

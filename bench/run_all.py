@@ -16,7 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["quality", "quality_contenders", "quality_presets", "precompute", "workers", "dask",
+ORDER = ["quality", "quality_contenders", "quality_contenders_1200",
+         "quality_contenders_ncritic", "quality_presets", "quality_padding", "precompute",
+         "workers", "dask",
          "compaction", "s3_store", "train", "ddp", "train_flow", "render", "demo_run", "cli"]
 BENCHES = ["bench.bench_precompute", "bench.bench_workers", "bench.bench_dask",
            "bench.bench_compaction", "bench.bench_s3_store",

@@ -210,9 +210,29 @@ def _train(store: Path, ck: Path, *extra: str, env: dict | None = None
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     base.update(PREFECT_API_URL=str(PREFECT_API_URL.value()),  # the session's test server
-                PREFECT_HOME=str(ck.parent / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+                PREFECT_HOME=str(ck.parent / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                **{RUN_MARK: str(ck)})
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**base, **(env or {})}, cwd=ck.parent)
+
+
+RUN_MARK = "AUDIO_WGAN_TEST_RUN"  # in the environment of a _train run, and so of its ranks
+
+
+def ranks_left(ck: Path) -> list[int]:
+    """Rank processes still alive of the _train runs into `ck` (another test session on the
+    machine may be running ranks of its own: only ours count)."""
+    found = subprocess.run(["pgrep", "-f", "tasks.train_parallel"], capture_output=True,
+                           text=True).stdout.split()
+    mine = []
+    for pid in found:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # it ended meanwhile
+            continue
+        if f"{RUN_MARK}={ck}".encode() in env:
+            mine.append(int(pid))
+    return mine
 
 
 def _generator(path: Path) -> dict[str, torch.Tensor]:
@@ -251,8 +271,7 @@ def test_a_killed_rank_ends_the_run_in_one_line_and_the_next_run_resumes(
     assert dead.returncode == 2, dead.stderr[-2000:]
     assert "rank 1 was killed (SIGKILL)" in last and "epoch_00001.pt" in last
     assert [p.name for p in list_checkpoints(ck)] == ["epoch_00001.pt"]
-    left = subprocess.run(["pgrep", "-f", "tasks.train_parallel"], capture_output=True)
-    assert left.stdout.strip() == b""  # no rank outlives the run
+    assert ranks_left(ck) == []  # no rank outlives the run
     back = _train(store, ck, "--epochs", "3", "--resume", "--no-register")
     assert back.returncode == 0, back.stderr[-2000:]
     assert [p.name for p in list_checkpoints(ck)][-1] == "epoch_00003.pt"

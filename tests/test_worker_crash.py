@@ -32,7 +32,7 @@ from prefect_services import (
 from registry_fixtures import fresh_mlflow
 
 from clips.demo import write_demo_data
-from storage.checkpoints import list_checkpoints
+from storage.checkpoints import CheckpointError, list_checkpoints, verify_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -91,6 +91,16 @@ def _kill_mid_training(server: PrefectServer, env: dict, params: dict, ckpt: Pat
     return run_id
 
 
+def _newest_verified(ckpt: Path) -> Path:
+    for p in reversed(list_checkpoints(ckpt)):
+        try:
+            verify_checkpoint(p)
+        except CheckpointError:
+            continue
+        return p
+    raise AssertionError(f"no checkpoint in {ckpt} verifies")
+
+
 def test_killed_worker_crashes_run_and_next_run_resumes(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
@@ -98,7 +108,9 @@ def test_killed_worker_crashes_run_and_next_run_resumes(tmp_path: Path,
     with prefect_server(tmp_path / "prefect") as server:
         mlflow_uri, env, params, ckpt = _setup(tmp_path, monkeypatch, server)
         first = _kill_mid_training(server, env, params, ckpt)
-        last = _epoch(list_checkpoints(ckpt)[-1])
+        # the resume starts from the newest checkpoint that verifies: a kill between a
+        # checkpoint's file and its SHA-256 sidecar leaves a newer, unvouched-for one
+        last = _epoch(_newest_verified(ckpt))
         assert last >= 2
 
         # nothing reports for the dead run: give the server a moment, then supervise

@@ -15,3 +15,9 @@ def first_line(exc: BaseException) -> str:
     """An exception as one line: its message's first line, else its type's name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def all_lines(exc: BaseException) -> str:
+    """An exception as one line that keeps every line of its message (joined by spaces),
+    else its type's name: for errors whose later lines carry the detail (zarr's)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

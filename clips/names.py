@@ -1,10 +1,12 @@
-"""Which files are clips, and how a reason fits on one line: plain Python, no torch.
+"""Which files are clips, and how long a rejection reason may be: plain Python, no torch.
 
 The scan (`clips.scan`) needs only these, so an unchanged precompute, which decodes
 nothing, never imports torch (`clips.features` does).
 """
 
 from __future__ import annotations
+
+from gan.errors import one_line
 
 # extensions of formats libsndfile reads (matched case-insensitively)
 AUDIO_EXTENSIONS = frozenset({
@@ -18,6 +20,10 @@ def is_audio_name(name: str) -> bool:
     return dot > 0 and name[dot:].lower() in AUDIO_EXTENSIONS
 
 
-def one_line(x: object, limit: int = 200) -> str:
-    text = " ".join(str(x).split()) or type(x).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+REASON_CHARS = 200  # the longest underlying message a rejection reason quotes
+
+
+def reason_text(x: object) -> str:
+    """An underlying error (libsndfile's, the OS's) as it goes into a rejection reason:
+    one line, at most REASON_CHARS characters."""
+    return one_line(x, REASON_CHARS)

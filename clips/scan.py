@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clips.names import is_audio_name, one_line
+from clips.names import is_audio_name, reason_text
 
 
 class PrecomputeError(ValueError):
@@ -75,7 +75,7 @@ def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> Sc
     try:
         top = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as exc:
-        raise DataDirError(f"cannot list {root}: {one_line(exc.strerror or exc)}") from None
+        raise DataDirError(f"cannot list {root}: {reason_text(exc.strerror or exc)}") from None
     for entry in top:
         if entry.name.startswith("."):
             continue
@@ -120,7 +120,7 @@ def _walk_class(root: Path, cls: str, res: ScanResult) -> None:
                 st = os.stat(abs_path)
             except OSError as exc:
                 res.unreadable.append({"path": rel, "reason":
-                                       f"unreadable: {one_line(exc.strerror or exc)}"})
+                                       f"unreadable: {reason_text(exc.strerror or exc)}"})
                 continue
             if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
                 res.unreadable.append({"path": rel, "reason": "not a regular file"})

@@ -17,7 +17,9 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def all_lines(exc: BaseException) -> str:
-    """An exception as one line that keeps every line of its message (joined by spaces),
-    else its type's name: for errors whose later lines carry the detail (zarr's)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+def one_line(x: object, limit: int | None = None) -> str:
+    """An exception (or any text) as one line that keeps every line of its message, joined
+    by spaces, else its type's name: for errors whose later lines carry the detail (zarr's,
+    libsndfile's). Cut to `limit` characters ("..." at the end) when one is given."""
+    text = " ".join(str(x).split()) or type(x).__name__
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."

@@ -5,17 +5,24 @@ there; with AUDIO_WGAN_KILL_ON_FILE=<path>, the process about to decode that sou
 AUDIO_WGAN_KILL_ONCE=<marker file> as well, only the first process to create the marker
 dies (once per run, whichever worker gets there: a worker lost once, not a bad file).
 With AUDIO_WGAN_FAIL_AT="<point>:<n>" the process raises `InjectedFault` there instead: a
-transient failure that a retried task survives (its count runs on within the process)."""
+transient failure that a retried task survives (its count runs on within the process).
+With AUDIO_WGAN_HOLD_AT="<point>:<n>" and AUDIO_WGAN_HOLD_FILE=<marker file>, the process
+creates the marker there and waits to be killed from outside (a test that kills a whole
+machine's processes at one chosen moment, not at a moment chosen by the clock); it kills
+itself if nobody has within HOLD_LIMIT_S, so it never goes on past the point."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 KILL_ENV = "AUDIO_WGAN_KILL_AT"
 KILL_ON_FILE_ENV = "AUDIO_WGAN_KILL_ON_FILE"
 KILL_ONCE_ENV = "AUDIO_WGAN_KILL_ONCE"
 FAIL_ENV = "AUDIO_WGAN_FAIL_AT"
+HOLD_ENV, HOLD_FILE_ENV = "AUDIO_WGAN_HOLD_AT", "AUDIO_WGAN_HOLD_FILE"
+HOLD_LIMIT_S = 600.0
 _counts: dict[tuple[str, str], int] = {}
 
 
@@ -28,6 +35,8 @@ def fault_point(name: str) -> None:
         _kill()
     if _due(FAIL_ENV, name):
         raise InjectedFault(f"injected failure at {name}")
+    if _due(HOLD_ENV, name):
+        _hold()
 
 
 def _due(env: str, name: str) -> bool:
@@ -41,6 +50,19 @@ def _due(env: str, name: str) -> bool:
     key = (env, name)
     _counts[key] = _counts.get(key, 0) + 1
     return _counts[key] == int(nth or 1)
+
+
+def _hold() -> None:
+    """Say "here" through the marker file, then wait for the SIGKILL from outside."""
+    marker = os.environ.get(HOLD_FILE_ENV)
+    if marker:
+        with open(marker + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(marker + ".tmp", marker)
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fault_file(path: str) -> None:

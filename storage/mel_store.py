@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from gan.errors import all_lines
+from gan.errors import one_line
 from gan.mel_config import MelConfig
 from storage.store_backend import Lock, StoreBackend, backend_for
 from storage.store_errors import StoreError
@@ -142,7 +142,7 @@ class MelStore:
             lease.release()
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"store {p} is damaged: {all_lines(exc)}") from None
+            raise StoreError(f"store {p} is damaged: {one_line(exc)}") from None
         except BaseException:
             lease.release()
             raise

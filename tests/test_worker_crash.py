@@ -32,7 +32,8 @@ from prefect_services import (
 from registry_fixtures import fresh_mlflow
 
 from clips.demo import write_demo_data
-from storage.checkpoints import CheckpointError, list_checkpoints, verify_checkpoint
+from storage import fault_points
+from storage.checkpoints import list_checkpoints, verify_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -71,34 +72,40 @@ def _setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: PrefectServe
     return mlflow_uri, env, params, ckpt
 
 
+HOLD_EPOCH = 3  # the kill comes during epoch 3: checkpoints 1 and 2 are complete
+
+
 def _kill_mid_training(server: PrefectServer, env: dict, params: dict, ckpt: Path,
                        settle_s: float = 0.0) -> str:
-    """Start a (practically endless) training run, SIGKILL its worker and flow-run process
-    once two checkpoints exist (plus settle_s); return the flow run id."""
+    """Start a (practically endless) training run and SIGKILL its worker and flow-run
+    process while the run is in epoch HOLD_EPOCH (plus settle_s); return the flow run id.
+
+    The moment is a fault point, not the clock: the flow-run process stops at the end of
+    epoch HOLD_EPOCH, before its checkpoint, says so through a marker file and waits there
+    for the kill (storage.fault_points' hold), however fast or loaded the machine is.
+    """
+    marker = ckpt.parent / "held"
+    env = {**env, fault_points.HOLD_ENV: f"block-epoch{HOLD_EPOCH}:1",
+           fault_points.HOLD_FILE_ENV: str(marker)}
     with prefect_worker(server, env=env, name="doomed") as worker:
         out = server.cli("deployment", "run", "train/demo",
                          "--params", json.dumps({**params, "epochs": 100000}))
         run_id = _run_id(out.stdout)
-        deadline = time.monotonic() + 240
-        while len(list_checkpoints(ckpt)) < 2:
-            assert time.monotonic() < deadline, f"no checkpoints\n{tail(worker.log)}"
-            time.sleep(0.5)
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert time.monotonic() < deadline, f"never reached the hold\n{tail(worker.log)}"
+            assert worker.proc.poll() is None, f"the worker died\n{tail(worker.log)}"
+            time.sleep(0.2)
         time.sleep(settle_s)
-        assert worker.flow_run_pids(), "the flow run is not a child of the worker"
+        held = int(marker.read_text())
+        assert held in worker.flow_run_pids(), "the held process is not the worker's"
         killed = worker.kill_hard()
-    time.sleep(1)
-    assert not [p for p in killed if alive(p)], "a killed process survived"
+    assert held in killed
+    deadline = time.monotonic() + 10
+    while [p for p in killed if alive(p)]:
+        assert time.monotonic() < deadline, "a killed process survived"
+        time.sleep(0.1)
     return run_id
-
-
-def _newest_verified(ckpt: Path) -> Path:
-    for p in reversed(list_checkpoints(ckpt)):
-        try:
-            verify_checkpoint(p)
-        except CheckpointError:
-            continue
-        return p
-    raise AssertionError(f"no checkpoint in {ckpt} verifies")
 
 
 def test_killed_worker_crashes_run_and_next_run_resumes(tmp_path: Path,
@@ -108,10 +115,11 @@ def test_killed_worker_crashes_run_and_next_run_resumes(tmp_path: Path,
     with prefect_server(tmp_path / "prefect") as server:
         mlflow_uri, env, params, ckpt = _setup(tmp_path, monkeypatch, server)
         first = _kill_mid_training(server, env, params, ckpt)
-        # the resume starts from the newest checkpoint that verifies: a kill between a
-        # checkpoint's file and its SHA-256 sidecar leaves a newer, unvouched-for one
-        last = _epoch(_newest_verified(ckpt))
-        assert last >= 2
+        # killed in epoch 3: epochs 1 and 2 are checkpointed, each verifies, nothing newer
+        assert [_epoch(p) for p in list_checkpoints(ckpt)] == [1, 2]
+        for p in list_checkpoints(ckpt):
+            verify_checkpoint(p)
+        last = HOLD_EPOCH - 1
 
         # nothing reports for the dead run: give the server a moment, then supervise
         time.sleep(5)

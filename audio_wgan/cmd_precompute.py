@@ -70,11 +70,11 @@ def command(
         "--workers", parser=ranged(WORKERS, "--workers"), metavar="N",
         help=f"threads or worker processes, 1..{WORKERS.hi} (default: one per core)")] = None,
     pool: Annotated[str, option(
-        "--pool", **choice("threads", "processes", "dask"),
-        help="run files on threads (default; no start-up cost), on worker processes (free "
-        "of the GIL; each takes ~1.5 s to start, so for large sets of short clips) or on a "
-        "Dask cluster (a local one of --workers processes, or --dask-address; needs "
-        "audio-wgan[scale])")] = "threads",
+        "--pool", **choice("auto", "threads", "processes", "dask"),
+        help="run files on threads (no start-up cost), on worker processes (free of the "
+        "GIL; each takes ~1.5 s to start, so for large jobs), auto (default: processes for "
+        "5,000 files or more on the CPU, else threads) or on a Dask cluster (a local one of "
+        "--workers processes, or --dask-address; needs audio-wgan[scale])")] = "auto",
     dask_address: Annotated[str | None, option(
         "--dask-address", metavar="URL",
         help="with --pool dask: the scheduler of an existing Dask cluster, e.g. "

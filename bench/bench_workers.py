@@ -11,9 +11,10 @@ flow's own FeatureExtractor, nothing written) on every core, two ways, alternati
   (start-up), from there to the last chunk done (compute alone), and the total.
 
 Processes are not held back by the GIL, but each one pays torch's import. Then the
-whole `precompute` flow with `pool="threads"` (the default) and `pool="processes"` into
-fresh stores, on the same data sets plus FSDD three times over (9000 links to its files
-under new names: a large set of short clips). Writes bench/results/workers.md.
+whole `precompute` flow with `pool="threads"` (what the default, `pool="auto"`, picks
+below 5,000 files) and `pool="processes"` into fresh stores, on the same data sets plus
+FSDD three times over (9000 links to its files under new names: a large set of short
+clips). Writes bench/results/workers.md.
 """
 
 from __future__ import annotations

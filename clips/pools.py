@@ -33,7 +33,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
-from clips.names import one_line
+from clips.names import reason_text
 from clips.scan import PrecomputeError
 from gan.mel_config import MelConfig
 from storage.fault_points import fault_file, fault_point
@@ -44,7 +44,21 @@ if TYPE_CHECKING:  # torch comes with the extractor, when a file is first decode
 
     from clips.features import Extracted, FeatureExtractor
 
-POOLS = ("threads", "processes", "dask")
+POOLS = ("auto", "threads", "processes", "dask")
+# "auto": worker processes once this many files are to be extracted on the CPU with more
+# than one worker, threads below it. Measured here (2 cores, bench_workers and
+# bench_precompute_us8k): threads won at 3,000 FSDD digits (0.88x) and 400 ESC-10 clips,
+# processes at 9,000 digits (1.28x) and 9,800 UrbanSound8K-like clips (~1.13x, 7 of 8
+# pairs): the processes' start (~1.5 s, torch imported in each) pays off only on big jobs.
+AUTO_PROCESSES_FILES = 5000
+
+
+def resolve_pool(pool: str, files: int, workers: int, device: str) -> str:
+    """The pool "auto" stands for with this many files, workers and mel device."""
+    if pool != "auto":
+        return pool
+    big = files >= AUTO_PROCESSES_FILES and workers > 1 and device == "cpu"
+    return "processes" if big else "threads"
 PROCESS_CHUNK_FILES = 16  # files per job sent to a worker process (amortises the IPC)
 # a LocalCluster's scheduler re-runs a job whose worker died this many times before it
 # gives up on it (KilledWorker); an existing cluster keeps its own setting (default 3)
@@ -74,6 +88,7 @@ class ThreadRunner:
         self.workers = workers
         from clips.features import FeatureExtractor
 
+        keep_freed_memory()
         self._extractor = FeatureExtractor(cfg, device)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="precompute")
 
@@ -159,7 +174,7 @@ class DaskRunner:
                 self._client = Client(address, timeout=DASK_CONNECT_TIMEOUT_S)
             except OSError as exc:  # TimeoutError included
                 raise PrecomputeError(f"cannot connect to the Dask scheduler at {address}: "
-                                      f"{one_line(exc)}") from None
+                                      f"{reason_text(exc)}") from None
         self.workers = sum(self._client.nthreads().values()) or workers
         # pure=False: a job sent again (after KilledWorker) is new work, not a cached key
         self._executor = self._client.get_executor(pure=False)
@@ -200,7 +215,7 @@ Runner = ThreadRunner | ProcessRunner | DaskRunner
 @contextlib.contextmanager
 def extract_runner(pool: str, cfg: MelConfig, device: torch.device, workers: int,
                    dask_address: str | None = None) -> Iterator[Runner]:
-    if pool not in POOLS:
+    if pool not in POOLS[1:]:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
     runner: Runner
     if pool == "dask":
@@ -211,6 +226,28 @@ def extract_runner(pool: str, cfg: MelConfig, device: torch.device, workers: int
         yield runner
     finally:
         runner.close()
+
+
+# glibc's malloc serves blocks above a (self-adjusting) threshold with fresh mmaps and
+# trims freed memory back to the OS, so every clip's MB-sized buffers (samples, spectra)
+# were page-faulted in again: 2.6-4.1 million minor faults in one 9,800-clip run on worker
+# processes, 0.3 million with these fixed settings (`mallopt`; M_MMAP_THRESHOLD = -3,
+# M_TRIM_THRESHOLD = -1). The memory kept is what the busiest clip needed, not more.
+MALLOC_MMAP_THRESHOLD = 64 << 20
+MALLOC_TRIM_THRESHOLD = 256 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Set the thresholds above in this process (glibc only; elsewhere nothing happens)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(-3, MALLOC_MMAP_THRESHOLD)) and bool(mallopt(-1, MALLOC_TRIM_THRESHOLD))
 
 
 def _extract_all(extractor: FeatureExtractor, jobs: list[FileJob]) -> list[Extracted]:
@@ -228,6 +265,7 @@ def _init_worker(cfg: dict[str, Any], device: str, parent: int) -> None:
     from clips.features import FeatureExtractor
 
     torch.set_num_threads(1)  # parallelism comes from the processes
+    keep_freed_memory()
     _worker_extractor = FeatureExtractor(MelConfig.from_dict(cfg), device)
     # a parent killed outright (SIGKILL) cannot shut the pool down: leave with it
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
@@ -263,6 +301,7 @@ def _extract_on_dask(cfg: dict[str, Any], device: str, jobs: list[FileJob]) -> l
             from clips.features import FeatureExtractor
 
             torch.set_num_threads(1)  # parallelism comes from the workers
+            keep_freed_memory()
             extractor = _dask_extractors[key] = FeatureExtractor(MelConfig.from_dict(cfg),
                                                                  device)
     fault_point("worker_extract")
@@ -305,4 +344,4 @@ def check_dask_address(address: str) -> None:
         socket.create_connection((host, port), timeout=DASK_CONNECT_TIMEOUT_S).close()
     except OSError as exc:
         raise PrecomputeError(f"cannot reach the Dask scheduler at {address}: "
-                              f"{one_line(exc.strerror or exc)}") from None
+                              f"{reason_text(exc.strerror or exc)}") from None

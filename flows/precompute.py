@@ -27,7 +27,7 @@ from tasks.precompute import (
 @flow(name="precompute")
 def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
                batch_size: int = DEFAULT_BATCH_FILES, workers: int | None = None,
-               device: str = "auto", pool: str = "threads",
+               device: str = "auto", pool: str = "auto",
                compact: bool | None = None, dask_address: str | None = None
                ) -> dict[str, Any]:
     """Scan DATA_DIR/<class>/**, compute log-mels of new/changed clips, update STORE.

@@ -32,6 +32,7 @@ from clips.pools import (
     check_dask_address,
     dask_available,
     extract_runner,
+    resolve_pool,
 )
 from clips.scan import (
     DataDirError,
@@ -147,7 +148,7 @@ def scan_sources(data_dir: str, store: str | None = None) -> ScanResult:
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
 def update_store(store: str, mel: dict[str, Any] | None, scan: ScanResult, data_dir: str,
                  started: float, batch_size: int = DEFAULT_BATCH_FILES,
-                 workers: int | None = None, device: str = "cpu", pool: str = "threads",
+                 workers: int | None = None, device: str = "cpu", pool: str = "auto",
                  dask_address: str | None = None, compact: bool | None = None
                  ) -> dict[str, Any]:
     """Bring the store up to date with `scan` as its one writer, and return the summary.
@@ -179,13 +180,13 @@ class ComputeResult:
     seconds: float = 0.0
     workers: int = 1
     device: str = "cpu"
-    pool: str = "threads"
+    pool: str = "auto"
 
 
 def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
                        batch_size: int = DEFAULT_BATCH_FILES,
                        workers: int | None = None, device: str = "cpu",
-                       pool: str = "threads", dask_address: str | None = None
+                       pool: str = "auto", dask_address: str | None = None
                        ) -> ComputeResult:
     """Diff the scan against the manifest (new, changed by size/mtime, unchanged, removed),
     then decode + resample + mel every file to do, appending and committing per batch
@@ -207,6 +208,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
         return res
     dev = _device(device)
     res.device = str(dev)
+    res.pool = pool = resolve_pool(pool, len(plan.todo), workers, dev.type)
     todo = (_file_job(f, plan) for f in plan.todo)
     progress = _Progress(len(plan.todo))
     # (future, its files, run alone?): a job run alone that kills its worker names the file
@@ -432,7 +434,7 @@ def publish_summary(summary: dict[str, Any]) -> None:
 
 
 def check_params(batch_size: int, workers: int | None, device: str = "cpu",
-                 pool: str = "threads", dask_address: str | None = None) -> None:
+                 pool: str = "auto", dask_address: str | None = None) -> None:
     """Refuse bad knobs before anything is touched (one-line PrecomputeError)."""
     if int(batch_size) < 1:
         raise PrecomputeError(f"batch_size must be at least 1, not {batch_size}")

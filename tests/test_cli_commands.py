@@ -68,7 +68,7 @@ def test_no_command_shows_the_list_and_refuses(capsys: pytest.CaptureFixture[str
     (["train", "--store"], "audio-wgan train: error: Option '--store' requires an argument"),
     (["precompute", "d", "--store", "s", "--pool", "gpu"],
      "audio-wgan precompute: error: argument --pool: invalid choice: 'gpu' (choose from "
-     "'threads', 'processes', 'dask')"),
+     "'auto', 'threads', 'processes', 'dask')"),
     (["server", "restart"], "audio-wgan server: error: argument ACTION: invalid choice"),
     (["trian"], "audio-wgan: error: No such command 'trian'. Did you mean 'train'?"),
     (["--bogus"], "audio-wgan: error: No such option: --bogus"),
@@ -103,7 +103,7 @@ def test_completion_script_is_produced(capsys: pytest.CaptureFixture[str],
 
 @pytest.mark.parametrize("words, cword, expected", [
     ("audio-wgan sto", 1, ["store-info"]),
-    ("audio-wgan precompute --pool ", 3, ["threads", "processes", "dask"]),
+    ("audio-wgan precompute --pool ", 3, ["auto", "threads", "processes", "dask"]),
     ("audio-wgan train --preset small", 3, ["small", "small-proj-cbn", "small-proj-cbn-diffaug"]),
 ])
 def test_completion_answers_as_the_shell_asks(words: str, cword: int, expected: list[str],

@@ -178,6 +178,31 @@ def test_worker_count_does_not_change_content(data: Path, tmp_path: Path) -> Non
     np.testing.assert_array_equal(a.load()[0], b.load()[0])
 
 
+def test_auto_pool_is_threads_for_small_jobs_and_processes_for_big_ones() -> None:
+    from clips.pools import AUTO_PROCESSES_FILES, resolve_pool
+
+    assert AUTO_PROCESSES_FILES == 5000
+    assert resolve_pool("auto", 4999, 2, "cpu") == "threads"
+    assert resolve_pool("auto", 5000, 2, "cpu") == "processes"
+    assert resolve_pool("auto", 9800, 1, "cpu") == "threads"  # one worker: no gain
+    assert resolve_pool("auto", 9800, 2, "cuda") == "threads"  # mel on the GPU: threads
+    for pool in ("threads", "processes", "dask"):
+        assert resolve_pool(pool, 9800, 2, "cpu") == pool  # asked for: kept
+
+
+def test_auto_pool_past_its_threshold_runs_processes_with_the_same_rows(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clips import pools
+
+    monkeypatch.setattr(pools, "AUTO_PROCESSES_FILES", 3)  # 6 files: a "big" job
+    big = run(data, tmp_path / "big", pool="auto", device="cpu")
+    small = run(data, tmp_path / "small", pool="threads", device="cpu")
+    assert big["pool"] == "processes" and small["pool"] == "threads"
+    assert big["fingerprint"] == small["fingerprint"]
+    np.testing.assert_array_equal(MelStore.open(tmp_path / "big").load()[0],
+                                  MelStore.open(tmp_path / "small").load()[0])
+
+
 def test_auto_device_runs_the_mel_on_the_gpu_when_cuda_has_one(data: Path,
                                                                 tmp_path: Path) -> None:
     auto = run(data, tmp_path / "auto")
@@ -193,7 +218,7 @@ def test_store_inside_data_dir_and_bad_knobs(data: Path) -> None:
 
     with pytest.raises(PrecomputeError, match="batch_size must be at least 1"):
         run(data, data / "mels.zarr", batch_size=0)
-    with pytest.raises(PrecomputeError, match="pool must be one of threads, processes"):
+    with pytest.raises(PrecomputeError, match="pool must be one of auto, threads, processes"):
         run(data, data / "mels.zarr", pool="fork")
     with pytest.raises(PrecomputeError, match="unknown device 'gpu0'"):
         run(data, data / "mels.zarr", device="gpu0")

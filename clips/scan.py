@@ -19,6 +19,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from clips.names import is_audio_name, reason_text
 
@@ -60,6 +61,26 @@ class Plan:
     known_hash: dict[str, str]  # path -> committed hash, for todo files already kept
     unchanged: list[str]
     removed: list[str]  # kept in the manifest but gone from DATA_DIR
+    # rejected before for a reason of their own bytes, size and mtime unchanged since
+    kept_rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+# Rejections that only a file's bytes decide: remembered with its size and mtime, so that
+# an unchanged re-run reads (and imports torch for) no file it rejected before; the file
+# is tried again once either changes. Limits (set in the environment), I/O errors, a
+# crashed decoder and "changed while being read" are tried again on every run.
+CONTENT_REASONS = ("silent", "non-finite", "not decodable audio", "too short",
+                   "no audio frames", "bad header", "empty file")
+
+
+def remembered_rejection(path: str, reason: str, size: int, mtime_ns: int
+                         ) -> dict[str, Any]:
+    """The manifest's report of one rejected file: with its size and mtime when its
+    reason is one of CONTENT_REASONS (then the next run need not read it)."""
+    entry: dict[str, Any] = {"path": path, "reason": reason}
+    if reason.startswith(CONTENT_REASONS) and size > 0 and mtime_ns > 0:
+        entry.update(size=int(size), mtime_ns=int(mtime_ns))
+    return entry
 
 
 def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> ScanResult:
@@ -135,12 +156,19 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def plan_changes(scan: ScanResult, known: dict[str, tuple[int, int, str]]) -> Plan:
-    """Diff a scan against the manifest's (size, mtime_ns, hash) per kept path."""
-    todo, unchanged, known_hash = [], [], {}
+def plan_changes(scan: ScanResult, known: dict[str, tuple[int, int, str]],
+                 rejected: dict[str, dict[str, Any]] | None = None) -> Plan:
+    """Diff a scan against the manifest's (size, mtime_ns, hash) per kept path, and its
+    remembered rejections (`remembered_rejection`) per rejected path."""
+    todo, unchanged, known_hash, kept_rejected = [], [], {}, []
     present = set()
+    rejected = rejected or {}
     for f in scan.files:
         present.add(f.path)
+        r = rejected.get(f.path)
+        if r is not None and (r["size"], r["mtime_ns"]) == (f.size, f.mtime_ns):
+            kept_rejected.append(r)
+            continue
         k = known.get(f.path)
         if k is not None and (k[0], k[1]) == (f.size, f.mtime_ns):
             unchanged.append(f.path)
@@ -150,4 +178,4 @@ def plan_changes(scan: ScanResult, known: dict[str, tuple[int, int, str]]) -> Pl
         todo.append(f)
     removed = sorted(p for p in known if p not in present)
     return Plan(scan=scan, todo=todo, known_hash=known_hash, unchanged=unchanged,
-                removed=removed)
+                removed=removed, kept_rejected=kept_rejected)

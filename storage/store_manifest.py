@@ -73,7 +73,8 @@ class Manifest:
     rows: int = 0  # physical rows committed (live and dead); the append position
     next_id: int = 0
     files: dict[str, FileEntry] = field(default_factory=dict)  # by path
-    rejected: list[dict[str, str]] = field(default_factory=list)
+    # path, reason (+ size and mtime_ns when its content decided it: clips.scan)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[dict[str, str]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     stats: dict[str, Any] | None = None

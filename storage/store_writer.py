@@ -231,6 +231,11 @@ class MelStoreWriter:
         """path -> (size, mtime_ns, hash) of every kept file, for change detection."""
         return {p: (e.size, e.mtime_ns, e.hash) for p, e in self.manifest.files.items()}
 
+    def known_rejections(self) -> dict[str, dict[str, Any]]:
+        """path -> report of every rejected file remembered with its size and mtime."""
+        return {r["path"]: r for r in self.manifest.rejected
+                if isinstance(r.get("size"), int) and isinstance(r.get("mtime_ns"), int)}
+
     def append(self, items: list[NewFile]) -> int:
         """Write the rows of `items` after the committed rows; they stay invisible until
         `commit()`. A file already in the manifest is replaced (its old rows die)."""

@@ -40,6 +40,7 @@ from clips.scan import (
     PrecomputeError,
     ScanResult,
     plan_changes,
+    remembered_rejection,
     scan_data_dir,
 )
 from gan.limits import check_trainable_mel
@@ -197,7 +198,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     check_params(batch_size, workers, device, pool, dask_address)
     workers = int(workers or default_workers())
     t0 = time.perf_counter()
-    plan = plan_changes(scan, writer.known_files())
+    plan = plan_changes(scan, writer.known_files(), writer.known_rejections())
     res = ComputeResult(plan=plan, workers=workers, device=device, pool=pool)
     for path in plan.removed:
         if writer.remove([path]):
@@ -342,7 +343,7 @@ def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult
             writer.touch(o.path, o.size, o.mtime_ns)
             res.touched.append(o.path)
         elif o.status == "rejected":
-            res.rejected.append({"path": o.path, "reason": o.reason})
+            res.rejected.append(remembered_rejection(o.path, o.reason, o.size, o.mtime_ns))
             if writer.remove([o.path]):  # a kept file that went bad stops being served
                 res.removed.append(o.path)
         elif o.status == "vanished" and writer.remove([o.path]):
@@ -358,7 +359,8 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
     """
     plan = result.plan
     scan = plan.scan
-    rejected = sorted(scan.unreadable + result.rejected, key=lambda r: r["path"])
+    rejected = sorted(scan.unreadable + result.rejected + plan.kept_rejected,
+                      key=lambda r: r["path"])
     kept_classes = {p.split("/", 1)[0] for p in writer.manifest.files}
     empty = [c for c in scan.class_dirs if c not in kept_classes]
     writer.set_reports(rejected, scan.ignored, empty, scan.linked_classes)
@@ -382,7 +384,7 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
         "unchanged_files": len(plan.unchanged) + len(result.touched),
         "processed_files": result.processed,
         "new_rows": result.new_rows,
-        "rejected": rejected,
+        "rejected": [{"path": r["path"], "reason": r["reason"]} for r in rejected],
         "ignored": scan.ignored,
         "empty_classes": empty,
         "linked_classes": scan.linked_classes,

@@ -134,6 +134,39 @@ def test_incremental_runs(data: Path, tmp_path: Path,
     assert run(data, store)["compacted_rows"] == 0
 
 
+def test_a_rejection_its_bytes_decided_is_not_read_again_until_the_file_changes(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "s"
+    silent = data / "alpha" / "quiet.wav"
+    sf.write(silent, np.zeros(4000, dtype=np.float32), 8000)
+    big = data / "beta" / "big.wav"
+    sf.write(big, np.full(80000, 0.1, dtype=np.float32), 8000)  # 10 s: too long below
+    monkeypatch.setenv("AUDIO_WGAN_MAX_CLIP_SECONDS", "5")
+    first = run(data, store)
+    reasons = {r["path"]: r["reason"] for r in first["rejected"]}
+    assert reasons["alpha/quiet.wav"].startswith("silent")
+    assert reasons["beta/big.wav"].startswith("too long")
+    assert first["processed_files"] == 8
+    m = MelStore.open(store).manifest.rejected
+    assert {r["path"]: set(r) for r in m} == {  # only the silent one is remembered
+        "alpha/quiet.wav": {"path", "reason", "size", "mtime_ns"},
+        "beta/big.wav": {"path", "reason"}}
+
+    again = run(data, store)  # the silent file is not read; the limit's may change: read
+    assert again["processed_files"] == 1 and not again["changed"]
+    assert again["rejected"] == first["rejected"]
+
+    monkeypatch.setenv("AUDIO_WGAN_MAX_CLIP_SECONDS", "60")  # the limit raised: accepted
+    os.utime(silent, ns=(1, 2_000_000_000))  # touched: read again (still silent)
+    raised = run(data, store)
+    assert raised["processed_files"] == 2 and raised["added_files"] == 1
+    assert [r["path"] for r in raised["rejected"]] == ["alpha/quiet.wav"]
+    sf.write(silent, np.full(4000, 0.2, dtype=np.float32), 8000)  # now audible
+    fixed = run(data, store)
+    assert fixed["rejected"] == [] and fixed["added_files"] == 1
+    assert MelStore.open(store).manifest.rejected == []
+
+
 def test_mel_change_on_existing_store_refused(data: Path, tmp_path: Path) -> None:
     run(data, tmp_path / "s")
     with pytest.raises(StoreError, match=r"hop_length 64 -> 128\); use a new --store"):

@@ -63,7 +63,9 @@ def test_names_that_are_not_utf8_are_stored_reported_and_rerun(
     raw = (store / "manifest.json").read_bytes()
     assert b'"dog/\\\\xff\\\\xfe.wav"' in raw and b'"cat\\\\xe9"' in raw  # escaped, lossless
     again = run(data, store)  # re-run: the names match what the scan finds
-    assert again["processed_files"] == 1 and not again["changed"]  # only the rejected one
+    # nothing read: the rejected file (not audio: its bytes decide) is remembered by name
+    assert again["processed_files"] == 0 and not again["changed"]
+    assert [r["path"] for r in again["rejected"]] == [os.fsdecode(b"dog/junk\xff.wav")]
     assert main(["store-info", str(store)]) == 0
     text = capsys.readouterr().out
     assert "dog/junk\\xff.wav:" in text and "cat\\xe9" in text

@@ -277,6 +277,8 @@ class Resampler:
                 if small:
                     sinc = torchaudio.transforms.Resample(orig, self.target)
                     blocks = max(1, -(-BLOCK_OUTPUTS // n))
+                    if blocks * n * (2 * width + blocks * o) > MAX_SINC_KERNEL:
+                        blocks = 1  # an absurd rate (a hostile header): no bigger kernel
                     plan = (blocked_kernel(sinc.kernel, o, blocks), o * blocks, sinc.width,
                             n * blocks, o)
                 self._cache[orig] = plan

@@ -70,6 +70,9 @@ def test_resampler_keeps_torchaudios_kernel_for_many_phases() -> None:
     assert torch.equal(resampler(x, 48000), torchaudio.transforms.Resample(48000, 22050)(x))
     kernel, stride, _, per_block, _ = resampler._kernel_for(44100)
     assert (stride, per_block) == (32, 16) and kernel.shape[0] == 16  # 2:1, blocked
+    # a header's absurd rate (22050 * 97000 Hz, 2:1 scaled up) keeps the unblocked kernel
+    kernel, stride, _, per_block, _ = resampler._kernel_for(22050 * 97000)
+    assert (stride, per_block) == (97000, 1) and kernel.numel() < 4_000_000
 
 
 @pytest.mark.parametrize("cfg", [MelConfig(), MelConfig(n_mels=80, f_min=300.0, f_max=8000.0),

@@ -171,6 +171,8 @@ def decode(source: str | bytes, max_frames: int | None = None,
             # checked from the header, before a sample is decoded
             too_big = _too_big(int(f.frames), sr, channels, max_frames, limits)
             x = None if too_big else _read_float32(f, -1 if max_frames is None else max_frames)
+    except MemoryError:  # not the file's fault: "failed", tried again next run
+        raise
     except Exception as exc:  # noqa: BLE001 - libsndfile reports bad files many ways
         msg = getattr(exc, "error_string", None) or str(exc)
         msg = msg.removeprefix("Error : ").rstrip(".")
@@ -291,7 +293,10 @@ class Resampler:
         t = int(wave.shape[-1])
         if plan is not None:
             kernel, stride, width, per_block, o = plan
-            n_out = math.ceil(per_block * t / stride)  # = ceil(n * t / o), torchaudio's
+            # torchaudio's length, rounded as it rounds it (in float32: past 2**24 samples
+            # a float64 ceil gives other lengths, and so other example offsets)
+            n = per_block // (stride // o)
+            n_out = int(torch.ceil(torch.as_tensor(n * t / o, dtype=torch.float32)))
             padded = torch.nn.functional.pad(wave.reshape(1, 1, t), (width, width + stride))
             out = torch.nn.functional.conv1d(padded, kernel, stride=stride)  # (1, B*n, S)
             return out[0].T.reshape(-1)[:n_out]

@@ -88,7 +88,6 @@ class ThreadRunner:
         self.workers = workers
         from clips.features import FeatureExtractor
 
-        keep_freed_memory()
         self._extractor = FeatureExtractor(cfg, device)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="precompute")
 
@@ -238,7 +237,9 @@ MALLOC_TRIM_THRESHOLD = 256 << 20
 
 
 def keep_freed_memory() -> bool:
-    """Set the thresholds above in this process (glibc only; elsewhere nothing happens)."""
+    """Set the thresholds above in this process (glibc only; elsewhere nothing happens).
+    Only in the worker processes a run spawns: never in the caller's process or on the
+    workers of a user's Dask cluster, whose memory settings are theirs."""
     import ctypes
     import ctypes.util
 
@@ -247,7 +248,8 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(-3, MALLOC_MMAP_THRESHOLD)) and bool(mallopt(-1, MALLOC_TRIM_THRESHOLD))
+    mmap_set = bool(mallopt(-3, MALLOC_MMAP_THRESHOLD))  # (older glibc: at most 32 MiB)
+    return bool(mallopt(-1, MALLOC_TRIM_THRESHOLD)) and mmap_set
 
 
 def _extract_all(extractor: FeatureExtractor, jobs: list[FileJob]) -> list[Extracted]:
@@ -301,7 +303,6 @@ def _extract_on_dask(cfg: dict[str, Any], device: str, jobs: list[FileJob]) -> l
             from clips.features import FeatureExtractor
 
             torch.set_num_threads(1)  # parallelism comes from the workers
-            keep_freed_memory()
             extractor = _dask_extractors[key] = FeatureExtractor(MelConfig.from_dict(cfg),
                                                                  device)
     fault_point("worker_extract")

@@ -73,14 +73,24 @@ CONTENT_REASONS = ("silent", "non-finite", "not decodable audio", "too short",
                    "no audio frames", "bad header", "empty file")
 
 
-def remembered_rejection(path: str, reason: str, size: int, mtime_ns: int
+def remembered_rejection(path: str, reason: str, size: int, mtime_ns: int, decoder: str
                          ) -> dict[str, Any]:
-    """The manifest's report of one rejected file: with its size and mtime when its
-    reason is one of CONTENT_REASONS (then the next run need not read it)."""
+    """The manifest's report of one rejected file: with its size, mtime and the decoder
+    (libsndfile's version) when its reason is one of CONTENT_REASONS (then the next run
+    with that decoder need not read it). libsndfile's "System error" is an OS error on
+    opening, not the file's content: never remembered."""
     entry: dict[str, Any] = {"path": path, "reason": reason}
-    if reason.startswith(CONTENT_REASONS) and size > 0 and mtime_ns > 0:
-        entry.update(size=int(size), mtime_ns=int(mtime_ns))
+    if (reason.startswith(CONTENT_REASONS) and "System error" not in reason
+            and size >= 0 and mtime_ns > 0):
+        entry.update(size=int(size), mtime_ns=int(mtime_ns), decoder=decoder)
     return entry
+
+
+def decoder_version() -> str:
+    """libsndfile's version: a file it could not decode may decode after an upgrade."""
+    import soundfile
+
+    return str(soundfile.__libsndfile_version__)
 
 
 def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> ScanResult:
@@ -157,16 +167,18 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 
 def plan_changes(scan: ScanResult, known: dict[str, tuple[int, int, str]],
-                 rejected: dict[str, dict[str, Any]] | None = None) -> Plan:
+                 rejected: dict[str, dict[str, Any]] | None = None, decoder: str = ""
+                 ) -> Plan:
     """Diff a scan against the manifest's (size, mtime_ns, hash) per kept path, and its
-    remembered rejections (`remembered_rejection`) per rejected path."""
+    remembered rejections (`remembered_rejection`, made with `decoder`) per rejected path."""
     todo, unchanged, known_hash, kept_rejected = [], [], {}, []
     present = set()
     rejected = rejected or {}
     for f in scan.files:
         present.add(f.path)
         r = rejected.get(f.path)
-        if r is not None and (r["size"], r["mtime_ns"]) == (f.size, f.mtime_ns):
+        if r is not None and (r["size"], r["mtime_ns"], r.get("decoder")) == (
+                f.size, f.mtime_ns, decoder):
             kept_rejected.append(r)
             continue
         k = known.get(f.path)

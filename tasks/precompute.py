@@ -39,6 +39,7 @@ from clips.scan import (
     Plan,
     PrecomputeError,
     ScanResult,
+    decoder_version,
     plan_changes,
     remembered_rejection,
     scan_data_dir,
@@ -198,7 +199,9 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     check_params(batch_size, workers, device, pool, dask_address)
     workers = int(workers or default_workers())
     t0 = time.perf_counter()
-    plan = plan_changes(scan, writer.known_files(), writer.known_rejections())
+    rejections = writer.known_rejections()  # (soundfile is imported only when there are)
+    plan = plan_changes(scan, writer.known_files(), rejections,
+                        decoder_version() if rejections else "")
     res = ComputeResult(plan=plan, workers=workers, device=device, pool=pool)
     for path in plan.removed:
         if writer.remove([path]):
@@ -343,7 +346,8 @@ def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult
             writer.touch(o.path, o.size, o.mtime_ns)
             res.touched.append(o.path)
         elif o.status == "rejected":
-            res.rejected.append(remembered_rejection(o.path, o.reason, o.size, o.mtime_ns))
+            res.rejected.append(remembered_rejection(o.path, o.reason, o.size, o.mtime_ns,
+                                                     decoder_version()))
             if writer.remove([o.path]):  # a kept file that went bad stops being served
                 res.removed.append(o.path)
         elif o.status == "vanished" and writer.remove([o.path]):

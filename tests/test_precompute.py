@@ -149,12 +149,18 @@ def test_a_rejection_its_bytes_decided_is_not_read_again_until_the_file_changes(
     assert first["processed_files"] == 8
     m = MelStore.open(store).manifest.rejected
     assert {r["path"]: set(r) for r in m} == {  # only the silent one is remembered
-        "alpha/quiet.wav": {"path", "reason", "size", "mtime_ns"},
+        "alpha/quiet.wav": {"path", "reason", "size", "mtime_ns", "decoder"},
         "beta/big.wav": {"path", "reason"}}
 
     again = run(data, store)  # the silent file is not read; the limit's may change: read
     assert again["processed_files"] == 1 and not again["changed"]
     assert again["rejected"] == first["rejected"]
+
+    from tasks import precompute as precompute_tasks
+
+    with monkeypatch.context() as m:  # another libsndfile: what it could not read, it tries
+        m.setattr(precompute_tasks, "decoder_version", lambda: "9.9.9")
+        assert run(data, store)["processed_files"] == 2
 
     monkeypatch.setenv("AUDIO_WGAN_MAX_CLIP_SECONDS", "60")  # the limit raised: accepted
     os.utime(silent, ns=(1, 2_000_000_000))  # touched: read again (still silent)
@@ -165,6 +171,21 @@ def test_a_rejection_its_bytes_decided_is_not_read_again_until_the_file_changes(
     fixed = run(data, store)
     assert fixed["rejected"] == [] and fixed["added_files"] == 1
     assert MelStore.open(store).manifest.rejected == []
+
+
+def test_only_reasons_of_the_files_own_bytes_are_remembered() -> None:
+    from clips.scan import remembered_rejection
+
+    def kept(reason: str, size: int = 10) -> bool:
+        return "mtime_ns" in remembered_rejection("a/b.wav", reason, size, 5, "1.2.2")
+
+    assert kept("silent (all samples are zero)") and kept("empty file (0 bytes)", size=0)
+    assert kept("not decodable audio (Format not recognised)")
+    assert not kept("not decodable audio (System error)")  # the OS's, not the file's
+    for reason in ("unreadable: permission denied", "too long (9 frames = 1 s at 9 Hz)",
+                   "file changed while being read; run precompute again",
+                   "failed: MemoryError: ", "the worker process died while decoding it"):
+        assert not kept(reason)
 
 
 def test_mel_change_on_existing_store_refused(data: Path, tmp_path: Path) -> None:

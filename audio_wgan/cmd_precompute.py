@@ -14,9 +14,12 @@ import typer
 
 from audio_wgan.command import dispatch
 from audio_wgan.params import choice, option, output_dir, ranged
+from clips.pools import POOLS
 from gan.limits import BATCH_FILES, WORKERS
+from gan.mel_config import LONG_CLIP_POLICIES, PAD_POLICIES, TAIL_POLICIES
 
 MEL = "mel configuration of a new store: "  # the command help says the defaults
+COMPACT = {"auto": None, "always": True, "never": False}  # --compact -> the flow's compact
 
 
 def register(app: typer.Typer) -> None:
@@ -52,27 +55,28 @@ def command(
     f_max: Annotated[float | None, option("--f-max", metavar="HZ",
                                           help=MEL + "highest mel frequency")] = None,
     long_clip_policy: Annotated[str | None, option(
-        "--long-clip", **choice("split", "crop"),
+        "--long-clip", **choice(*LONG_CLIP_POLICIES),
         help=MEL + "clips longer than one example: split into several or crop")] = None,
     split_hop_frames: Annotated[int | None, option(
         "--split-hop-frames", metavar="N",
         help=MEL + "hop between split examples (default: one example, no overlap)")] = None,
     tail_policy: Annotated[str | None, option(
-        "--tail-policy", **choice("end", "pad"),
-        help=MEL + "the last example of a split clip: end (default; it ends at the clip's "
-        "end, overlapping the one before) or pad (zero-padded remainder, as stores made "
-        "before this option)")] = None,
+        "--tail-policy", **choice(*TAIL_POLICIES),
+        help=MEL + "the last example of a split clip: end-grid (default; it ends within one "
+        "hop of the clip's end, on the frame grid of the one before, whose frames it "
+        "shares), end (exactly at the clip's end, as stores made before end-grid) or pad "
+        "(zero-padded remainder, as stores made before end)")] = None,
     pad_policy: Annotated[str | None, option(
-        "--pad-policy", **choice("noise", "loop", "zero-end"),
+        "--pad-policy", **choice(*PAD_POLICIES),
         help=MEL + "clips shorter than one example: noise (default; padded with the clip's "
         "own noise floor), loop (repeated) or zero-end (zero-padded)")] = None,
     workers: Annotated[int | None, option(
         "--workers", parser=ranged(WORKERS, "--workers"), metavar="N",
         help=f"threads or worker processes, 1..{WORKERS.hi} (default: one per core)")] = None,
     pool: Annotated[str, option(
-        "--pool", **choice("auto", "threads", "processes", "dask"),
+        "--pool", **choice(*POOLS),
         help="run files on threads (no start-up cost), on worker processes (free of the "
-        "GIL; each takes ~1.5 s to start, so for large jobs), auto (default: processes for "
+        "GIL; they take ~2-3 s to start, so for large jobs), auto (default: processes for "
         "5,000 files or more on the CPU, else threads) or on a Dask cluster (a local one of "
         "--workers processes, or --dask-address; needs audio-wgan[scale])")] = "auto",
     dask_address: Annotated[str | None, option(
@@ -87,7 +91,7 @@ def command(
         help=f"files per write batch, 1..{BATCH_FILES.hi}, at most 32 MB of rows (default "
         "256)")] = 256,
     compact: Annotated[str, option(
-        "--compact", **choice("auto", "always", "never"),
+        "--compact", **choice(*COMPACT),
         help="drop the rows of replaced or deleted files by rewriting the live ones: auto "
         "(once they are a quarter of the store and fill a chunk), always, never (default "
         "auto; see also `audio-wgan compact`)")] = "auto",
@@ -96,9 +100,6 @@ def command(
     params = dict(locals())
     params["json"] = params.pop("as_json")
     return dispatch("precompute", run, params)
-
-
-COMPACT = {"auto": None, "always": True, "never": False}
 
 
 MEL_ARGS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "f_min", "f_max",

@@ -20,46 +20,21 @@ import hashlib
 import io
 import math
 import os
-import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 
 from clips.names import AUDIO_EXTENSIONS, is_audio_name, reason_text  # noqa: F401  (re-exported)
+from clips.outcome import ClipRejected, Extracted
+from clips.resample import Resampler
 from gan.spectral import MIN_TAIL_FRACTION, LogMel, MelConfig
 from storage.store_layout import mel_sums
 
-MAX_SINC_KERNEL = 4_000_000  # elements; beyond this (odd rate pairs) resample via FFT
 TRANSIENT_RETRIES = 2
-
-
-class ClipRejected(Exception):
-    """A file that cannot become training rows; str(exc) is the one-line reason."""
-
-
-@dataclass
-class Extracted:
-    """Outcome for one file: status "new" (rows computed), "same" (hash unchanged),
-    "rejected" (reason) or "vanished" (deleted since the scan)."""
-
-    path: str
-    class_name: str
-    size: int
-    mtime_ns: int
-    status: str
-    hash: str = ""
-    reason: str = ""
-    mels: np.ndarray | None = None  # float16 (K, n_mels, frames)
-    offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    sums: np.ndarray | None = None  # float64 (K, 2, n_mels), see storage.store_layout.mel_sums
-    sample_rate: int = 0
-    channels: int = 0
-    samples: int = 0
 
 
 # Bounded reads: a file is read whole (for its hash) and decoded whole, so both are capped
@@ -160,7 +135,7 @@ def decode(source: str | bytes, max_frames: int | None = None,
     """
     if isinstance(source, bytes):
         if not source:
-            raise ClipRejected("empty file (0 bytes)")
+            raise ClipRejected("empty file (0 bytes)", by_content=True)
         target: object = io.BytesIO(source)
     else:
         target = os.fsencode(source)  # bytes path: any file name, even undecodable ones
@@ -176,14 +151,17 @@ def decode(source: str | bytes, max_frames: int | None = None,
     except Exception as exc:  # noqa: BLE001 - libsndfile reports bad files many ways
         msg = getattr(exc, "error_string", None) or str(exc)
         msg = msg.removeprefix("Error : ").rstrip(".")
-        raise ClipRejected(f"not decodable audio ({reason_text(msg)})") from None
+        # libsndfile's "System error" is the OS's on opening the file, not its bytes'
+        raise ClipRejected(f"not decodable audio ({reason_text(msg)})",
+                           by_content="System error" not in msg) from None
     if too_big:
         raise ClipRejected(too_big)
     assert x is not None
     if sr <= 0 or channels <= 0:
-        raise ClipRejected(f"bad header (sample rate {sr}, {channels} channels)")
+        raise ClipRejected(f"bad header (sample rate {sr}, {channels} channels)",
+                           by_content=True)
     if x.shape[0] == 0:
-        raise ClipRejected("no audio frames")
+        raise ClipRejected("no audio frames", by_content=True)
     return x, sr
 
 
@@ -223,9 +201,9 @@ def _too_big(frames: int, sr: int, channels: int, max_frames: int | None,
 def check_and_downmix(x: np.ndarray) -> np.ndarray:
     """(frames, channels) -> mono float32 (frames,), rejecting NaN/inf and silence."""
     if not np.isfinite(x).all():
-        raise ClipRejected("non-finite samples (NaN or inf)")
+        raise ClipRejected("non-finite samples (NaN or inf)", by_content=True)
     if not np.any(x):
-        raise ClipRejected("silent (all samples are zero)")
+        raise ClipRejected("silent (all samples are zero)", by_content=True)
     return downmix(x)
 
 
@@ -248,90 +226,19 @@ def downmix(x: np.ndarray) -> np.ndarray:
     return acc
 
 
-class Resampler:
-    """torchaudio's windowed-sinc resampling, its kernel built once per source rate and
-    applied as one matrix product over blocks of output samples.
-
-    `torchaudio.functional.resample` rebuilds its kernel on every call, which dominates
-    for short clips; `torchaudio.transforms.Resample` keeps it. Where the reduced ratio
-    has few output phases (44.1 -> 22.05 kHz is 2:1: one phase) torchaudio's convolution
-    has that many output channels and runs several times slower than a matrix product;
-    there the kernel is laid out for BLOCK_OUTPUTS outputs at once (`blocked_kernel`),
-    the same taps with zeros around them, so every output is the same sum of the same
-    products (up to float rounding). Rate pairs whose reduced ratio would need a huge
-    kernel (e.g. 44101 Hz) fall back to band-limited FFT resampling.
-    """
-
-    def __init__(self, target: int) -> None:
-        self.target = int(target)
-        self._cache: dict[int, tuple[torch.Tensor, int, int, int, int] | None] = {}
-        self._lock = threading.Lock()
-
-    def _kernel_for(self, orig: int) -> tuple[torch.Tensor, int, int, int, int] | None:
-        """(kernel (phases, 1, taps), stride, width, outputs per block column, o) or None."""
-        with self._lock:
-            if orig not in self._cache:
-                g = math.gcd(orig, self.target)
-                o, n = orig // g, self.target // g
-                width = math.ceil(6 * o / (min(o, n) * 0.99))
-                small = n * (2 * width + o) <= MAX_SINC_KERNEL
-                plan = None
-                if small:
-                    sinc = torchaudio.transforms.Resample(orig, self.target)
-                    blocks = max(1, -(-BLOCK_OUTPUTS // n))
-                    if blocks * n * (2 * width + blocks * o) > MAX_SINC_KERNEL:
-                        blocks = 1  # an absurd rate (a hostile header): no bigger kernel
-                    plan = (blocked_kernel(sinc.kernel, o, blocks), o * blocks, sinc.width,
-                            n * blocks, o)
-                self._cache[orig] = plan
-            return self._cache[orig]
-
-    def __call__(self, wave: torch.Tensor, orig: int) -> torch.Tensor:
-        if orig == self.target:
-            return wave
-        plan = self._kernel_for(orig)
-        t = int(wave.shape[-1])
-        if plan is not None:
-            kernel, stride, width, per_block, o = plan
-            # torchaudio's length, rounded as it rounds it (in float32: past 2**24 samples
-            # a float64 ceil gives other lengths, and so other example offsets)
-            n = per_block // (stride // o)
-            n_out = int(torch.ceil(torch.as_tensor(n * t / o, dtype=torch.float32)))
-            padded = torch.nn.functional.pad(wave.reshape(1, 1, t), (width, width + stride))
-            out = torch.nn.functional.conv1d(padded, kernel, stride=stride)  # (1, B*n, S)
-            return out[0].T.reshape(-1)[:n_out]
-        n_out = max(1, math.ceil(t * self.target / orig))
-        spec = torch.fft.rfft(wave.double())
-        keep = min(spec.shape[-1], n_out // 2 + 1)
-        out = torch.fft.irfft(spec[..., :keep], n=n_out) * (n_out / t)
-        return out.float()
-
-
-BLOCK_OUTPUTS = 16  # outputs per block column of the resampling product (at least)
-
-
-def blocked_kernel(kernel: torch.Tensor, o: int, blocks: int) -> torch.Tensor:
-    """torchaudio's (n, 1, taps) sinc kernel (n outputs for every `o` inputs) as the kernel
-    of `blocks` consecutive such steps: (blocks * n, 1, taps + (blocks - 1) * o), row
-    b * n + c holding phase c's taps shifted by b * o inputs."""
-    n, _, taps = kernel.shape
-    if blocks == 1:
-        return kernel.contiguous()
-    out = kernel.new_zeros(blocks * n, 1, taps + (blocks - 1) * o)
-    for b in range(blocks):
-        out[b * n:(b + 1) * n, :, b * o:b * o + taps] = kernel
-    return out
-
-
 def split_offsets(t: int, cfg: MelConfig) -> list[int]:
     """Start offsets of the examples of a clip of `t` samples (see MelConfig's policies)."""
     s, h = cfg.segment_samples, cfg.hop_samples
     if t <= s or cfg.long_clip_policy == "crop":
         return [0]
     offsets = list(range(0, t - s + 1, h))
-    if cfg.tail_policy == "end":
+    if cfg.tail_policy in ("end", "end-grid"):
         if t - (offsets[-1] + s) >= MIN_TAIL_FRACTION * s:  # audio no example covers yet
-            offsets.append(t - s)
+            last = t - s
+            if cfg.tail_policy == "end-grid":  # on the frame grid of the examples before
+                last -= last % cfg.hop_length
+            if last > offsets[-1]:
+                offsets.append(last)
         return offsets
     tail = offsets[-1] + h
     if tail < t and t - tail >= s // 2:
@@ -409,26 +316,33 @@ class FeatureExtractor:
         channels = x.shape[1]
         mono = check_and_downmix(x)
         if mono.shape[0] < 2:
-            raise ClipRejected(f"too short ({mono.shape[0]} sample)")
+            raise ClipRejected(f"too short ({mono.shape[0]} sample)", by_content=True)
         wave = self.resampler(torch.from_numpy(mono), sr)
         if wave.shape[-1] < self.min_samples:
             raise ClipRejected(f"too short ({wave.shape[-1]} samples at {cfg.sample_rate} Hz, "
-                               f"need n_fft={cfg.n_fft})")
+                               f"need n_fft={cfg.n_fft})", by_content=True)
         # a float64 sum of float32 samples is finite exactly when every sample is (it
         # cannot overflow), and ~6x cheaper than torch.isfinite(wave).all()
         if not math.isfinite(float(wave.sum(dtype=torch.float64))):
-            raise ClipRejected("non-finite samples after resampling")
+            raise ClipRejected("non-finite samples after resampling", by_content=True)
         return wave, sr, channels
 
     @torch.no_grad()
     def features(self, wave: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(float16 dB mels (K, n_mels, frames), offsets (K,)).
 
-        Rounded to float16 by torch: numpy's conversion is ~7x slower here.
+        Rounded to float16 by torch: numpy's conversion is ~7x slower here. Examples on
+        the frame grid (tail policy "end-grid", split hops) share their frames
+        (`LogMel.examples`).
         """
+        t = int(wave.shape[-1])
+        offsets = split_offsets(t, self.cfg)
+        if self.logmel.shares_frames(offsets, t):
+            db = self.logmel.examples(wave.to(self.device), offsets)
+            return db.half().cpu().numpy(), np.asarray(offsets, dtype=np.int64)
         segs, offsets = segment(wave, self.cfg)
         segs = segs.to(self.device)
-        s, t = segs.shape[-1], int(wave.shape[-1])
+        s = segs.shape[-1]
         zero_padded = t >= s or self.cfg.pad_policy == "zero-end"
         padded = [k for k, o in enumerate(offsets) if t - o < s] if zero_padded else []
         if not padded:
@@ -463,7 +377,7 @@ class FeatureExtractor:
                 out.status = "same"
                 return out
             if not data:
-                raise ClipRejected("empty file (0 bytes)")
+                raise ClipRejected("empty file (0 bytes)", by_content=True)
             del data
             wave, out.sample_rate, out.channels = self.waveform(abs_path)
             after = os.stat(abs_path)
@@ -476,6 +390,7 @@ class FeatureExtractor:
             out.status = "vanished"
         except ClipRejected as exc:
             out.status, out.reason = "rejected", reason_text(exc)
+            out.by_content = exc.by_content
         except Exception as exc:  # noqa: BLE001 - one bad file must not fail the run
             out.status = "rejected"
             out.reason = f"failed: {type(exc).__name__}: {reason_text(exc)}"

@@ -3,10 +3,11 @@ Dask cluster.
 
 Threads share one FeatureExtractor and start at once, but their per-file Python work is
 serialised by the GIL: short clips on many cores gain little from more threads.
-Worker processes are free of the GIL, but each is spawned fresh (safe with CUDA and MKL,
-which a fork of a process that ran them is not) and imports torch first (~1.5 s here), so
-they pay off on large data sets of short clips (see "Threads vs worker processes" in
-BENCHMARKS.md). Processes take files in chunks and send the rows back by pickling; a
+Worker processes are free of the GIL; they are forked from a forkserver that imports torch
+once (~2-3 s here) and never runs it (safe with CUDA and MKL, which a fork of a process
+that ran them is not), so they pay off on large data sets of short clips (see "Threads vs
+worker processes" in BENCHMARKS.md), and the process that writes the store never imports
+torch. Processes take files in chunks and send the rows back by pickling; a
 worker that dies breaks the pool, which `restart()` replaces (the precompute task then
 re-runs the files in flight one by one to find the one that killed it).
 
@@ -18,7 +19,7 @@ scheduler re-runs the work of a worker that died on another one; a job whose wor
 read the source files themselves, at the paths the scan found: DATA_DIR must be at the
 same path on every worker.
 
-No Prefect here: a spawned worker imports only this module and what it needs.
+No Prefect here: a worker process imports only this module and what it needs.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from gan.mel_config import MelConfig
 from storage.fault_points import fault_file, fault_point
 
 if TYPE_CHECKING:  # torch comes with the extractor, when a file is first decoded
-    import torch
     from distributed import Client, LocalCluster
 
-    from clips.features import Extracted, FeatureExtractor
+    from clips.features import FeatureExtractor
+    from clips.outcome import Extracted
 
 POOLS = ("auto", "threads", "processes", "dask")
 # "auto": worker processes once this many files are to be extracted on the CPU with more
@@ -78,18 +79,35 @@ class SourceMissingOnWorker(PrecomputeError):
     """DATA_DIR is not there on a Dask worker (a file merely deleted is "vanished")."""
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Parallelism comes from the file pool; intra-op threads on per-file sized ops only
+    contend (measured up to 30x slower on a busy 2-core machine)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 class ThreadRunner:
-    """Jobs of one file each on a thread pool sharing one extractor."""
+    """Jobs of one file each on a thread pool sharing one extractor (torch on one intra-op
+    thread while it lives)."""
 
     files_per_job = 1
     noun = "worker threads"
 
-    def __init__(self, cfg: MelConfig, device: torch.device, workers: int) -> None:
+    def __init__(self, cfg: MelConfig, device: str, workers: int) -> None:
         self.workers = workers
         from clips.features import FeatureExtractor
 
         self._extractor = FeatureExtractor(cfg, device)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="precompute")
+        self._threads = torch_threads(1)
+        self._threads.__enter__()
 
     def submit(self, jobs: Sequence[FileJob]) -> Future[list[Extracted]]:
         return self._pool.submit(_extract_all, self._extractor, list(jobs))
@@ -102,22 +120,34 @@ class ThreadRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._threads.__exit__(None, None, None)
+
+
+# Worker processes are forked from Python's forkserver, a fresh interpreter (never a fork of
+# this process, whose threads and MKL/CUDA state a fork must not copy) that imports these
+# modules (torch among them) once and runs no torch op: every worker then starts at once,
+# and a pool started again after a worker died imports nothing again.
+WORKER_PRELOAD = ["clips.features"]
 
 
 class ProcessRunner:
-    """Jobs of PROCESS_CHUNK_FILES files on spawned worker processes, one extractor each."""
+    """Jobs of PROCESS_CHUNK_FILES files on worker processes, one extractor each."""
 
     files_per_job = PROCESS_CHUNK_FILES
     noun = "worker processes"
 
-    def __init__(self, cfg: MelConfig, device: torch.device, workers: int) -> None:
-        self._args = (cfg.to_dict(), str(device), os.getpid())
+    def __init__(self, cfg: MelConfig, device: str, workers: int) -> None:
+        self._args = (cfg.to_dict(), device)
         self.workers = workers
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=self._args)
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(WORKER_PRELOAD)  # (kept by a forkserver already running)
+        # the forkserver's environment is the one it started with: a worker takes this
+        # process's, as a spawned one would (limits, fault points, thread settings)
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(*self._args, dict(os.environ), os.getpid()))
 
     def submit(self, jobs: Sequence[FileJob]) -> Future[list[Extracted]]:
         return self._pool.submit(_extract_in_worker, list(jobs))
@@ -145,7 +175,7 @@ class DaskRunner:
     files_per_job = PROCESS_CHUNK_FILES
     noun = "Dask workers"
 
-    def __init__(self, cfg: MelConfig, device: torch.device, workers: int,
+    def __init__(self, cfg: MelConfig, device: str, workers: int,
                  address: str | None = None) -> None:
         import dask
         from distributed import Client, LocalCluster
@@ -177,7 +207,7 @@ class DaskRunner:
         self.workers = sum(self._client.nthreads().values()) or workers
         # pure=False: a job sent again (after KilledWorker) is new work, not a cached key
         self._executor = self._client.get_executor(pure=False)
-        self._args = (cfg.to_dict(), str(device))
+        self._args = (cfg.to_dict(), device)
 
     def submit(self, jobs: Sequence[FileJob]) -> Future[list[Extracted]]:
         return self._executor.submit(_extract_on_dask, *self._args, list(jobs))
@@ -212,7 +242,7 @@ Runner = ThreadRunner | ProcessRunner | DaskRunner
 
 
 @contextlib.contextmanager
-def extract_runner(pool: str, cfg: MelConfig, device: torch.device, workers: int,
+def extract_runner(pool: str, cfg: MelConfig, device: str, workers: int,
                    dask_address: str | None = None) -> Iterator[Runner]:
     if pool not in POOLS[1:]:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
@@ -260,23 +290,49 @@ def _extract_all(extractor: FeatureExtractor, jobs: list[FileJob]) -> list[Extra
 _worker_extractor: FeatureExtractor | None = None
 
 
-def _init_worker(cfg: dict[str, Any], device: str, parent: int) -> None:
+def _init_worker(cfg: dict[str, Any], device: str, environ: dict[str, str], caller: int
+                 ) -> None:
     global _worker_extractor
     import torch
 
     from clips.features import FeatureExtractor
 
+    os.environ.clear()
+    os.environ.update(environ)
     torch.set_num_threads(1)  # parallelism comes from the processes
     keep_freed_memory()
     _worker_extractor = FeatureExtractor(MelConfig.from_dict(cfg), device)
-    # a parent killed outright (SIGKILL) cannot shut the pool down: leave with it
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    # a caller killed outright (SIGKILL) cannot shut the pool down, and the forkserver
+    # waits for its workers: leave with the caller
+    threading.Thread(target=_exit_with_caller, args=(caller,), daemon=True).start()
 
 
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
+def _exit_with_caller(pid: int) -> None:
+    born = process_start(pid)
+    while born is not None and process_start(pid) == born:
         time.sleep(0.5)
     os._exit(1)
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (/proc's start time: a reused pid differs), or None
+    once it is gone or a zombie (killed, not yet reaped by its parent). Without /proc:
+    whether a signal reaches it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        if os.path.exists("/proc/self/stat"):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return "alive"
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # state is field 3, starttime field 22
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _extract_in_worker(jobs: list[FileJob]) -> list[Extracted]:

@@ -69,19 +69,13 @@ class Plan:
 # an unchanged re-run reads (and imports torch for) no file it rejected before; the file
 # is tried again once either changes. Limits (set in the environment), I/O errors, a
 # crashed decoder and "changed while being read" are tried again on every run.
-CONTENT_REASONS = ("silent", "non-finite", "not decodable audio", "too short",
-                   "no audio frames", "bad header", "empty file")
-
-
-def remembered_rejection(path: str, reason: str, size: int, mtime_ns: int, decoder: str
-                         ) -> dict[str, Any]:
+def remembered_rejection(path: str, reason: str, size: int, mtime_ns: int, decoder: str,
+                         by_content: bool) -> dict[str, Any]:
     """The manifest's report of one rejected file: with its size, mtime and the decoder
-    (libsndfile's version) when its reason is one of CONTENT_REASONS (then the next run
-    with that decoder need not read it). libsndfile's "System error" is an OS error on
-    opening, not the file's content: never remembered."""
+    (libsndfile's version) when its own bytes decided it (`by_content`, see
+    clips.outcome.ClipRejected), so that the next run with that decoder need not read it."""
     entry: dict[str, Any] = {"path": path, "reason": reason}
-    if (reason.startswith(CONTENT_REASONS) and "System error" not in reason
-            and size >= 0 and mtime_ns > 0):
+    if by_content and size >= 0 and mtime_ns > 0:
         entry.update(size=int(size), mtime_ns=int(mtime_ns), decoder=decoder)
     return entry
 

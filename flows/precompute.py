@@ -13,8 +13,8 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 import flows  # noqa: F401 - the package applies flows.prefect_heartbeat (worker entrypoint)
+from flows.precompute_params import DEFAULT_BATCH_FILES, validate_params
 from tasks.precompute import (
-    DEFAULT_BATCH_FILES,
     check_mel,
     check_params,
     publish_summary,
@@ -24,7 +24,7 @@ from tasks.precompute import (
 )
 
 
-@flow(name="precompute")
+@flow(name="precompute", validate_parameters=False)
 def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
                batch_size: int = DEFAULT_BATCH_FILES, workers: int | None = None,
                device: str = "auto", pool: str = "auto",
@@ -32,25 +32,28 @@ def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
                ) -> dict[str, Any]:
     """Scan DATA_DIR/<class>/**, compute log-mels of new/changed clips, update STORE.
 
-    `mel` overrides MelConfig fields (a new store starts from the defaults; an existing
-    store keeps its own and refuses changes). `workers` threads or, with `pool="processes"`,
-    worker processes (default: all cores; processes pay off on large sets of short clips);
-    `pool="dask"`: a Dask LocalCluster of `workers` processes, or the existing cluster whose
-    scheduler is `dask_address` (tcp://host:8786; DATA_DIR at the same path on its
-    workers); rows come back to this flow's one store writer. The mel runs on `device`
-    ("auto": the GPU when CUDA has one, else the CPU).
-    Rows of replaced or deleted files are dropped by compaction when `compact` is True, or,
-    when None, once they are a quarter of the store and at least one chunk.
-    Returns the run summary.
+    The parameters are `flows.precompute_params.PrecomputeParams` (checked first; a bad one
+    fails the run in one line before anything is touched). `mel` overrides MelConfig fields
+    (a new store starts from the defaults; an existing store keeps its own and refuses
+    changes). `workers` threads or, with `pool="processes"`, worker processes (default: all
+    cores; processes pay off on large sets of short clips); `pool="dask"`: a Dask
+    LocalCluster of `workers` processes, or the existing cluster whose scheduler is
+    `dask_address` (tcp://host:8786; DATA_DIR at the same path on its workers); rows come
+    back to this flow's one store writer. The mel runs on `device` ("auto": the GPU when
+    CUDA has one, else the CPU). Rows of replaced or deleted files are dropped by
+    compaction when `compact` is True, or, when None, once they are a quarter of the store
+    and at least one chunk. Returns the run summary.
     """
     started = time.time()
-    check_params(batch_size, workers, device, pool, dask_address)
-    check_mel(mel)
-    scan = scan_sources(str(data_dir), str(store))
+    p = validate_params({k: v for k, v in locals().items() if k != "started"}
+                        | {"data_dir": str(data_dir), "store": str(store)})
+    check_params(p.pool, p.dask_address, p.device)
+    check_mel(p.mel)
+    scan = scan_sources(p.data_dir, p.store)
     # quote(): file lists can be long; Prefect need not walk them looking for futures
-    summary = update_store(str(store), mel, quote(scan), str(data_dir), started,
-                           batch_size=batch_size, workers=workers, device=device, pool=pool,
-                           dask_address=dask_address, compact=compact)
+    summary = update_store(p.store, p.mel, quote(scan), p.data_dir, started,
+                           batch_size=p.batch_size, workers=p.workers, device=p.device,
+                           pool=p.pool, dask_address=p.dask_address, compact=p.compact)
     publish_summary(quote(summary))
     raise_if_unusable(summary)
     return summary

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flows.defaults import CHECKPOINT_DIR, DEFAULT_PRESET, EXPERIMENT, MODEL_NAME, STORE
-from gan.errors import TrainingError
+from gan.errors import TrainingError, invalid_parameter
 from gan.presets import get_preset
 
 if TYPE_CHECKING:
@@ -98,7 +98,4 @@ def validate_params(values: dict[str, Any]) -> TrainParams:
     try:
         return TrainParams(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "parameters"
-        got = f" (got {err['input']!r})" if "input" in err and loc != "parameters" else ""
-        raise TrainingError(f"invalid {loc}: {err.get('msg', 'bad value')}{got}") from None
+        raise TrainingError(invalid_parameter(exc)) from None

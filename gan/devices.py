@@ -1,13 +1,51 @@
-"""Which torch device a run uses: "auto" means the GPU when CUDA has one, else the CPU."""
+"""Which torch device a run uses: "auto" means the GPU when CUDA has one, else the CPU.
+
+torch is imported only where torch must answer: on a machine without a GPU driver, "auto"
+is the CPU (`device_name`) without the ~2-3 s that importing torch costs, so a precompute
+whose work runs in worker processes never imports torch in the process that writes.
+"""
 
 from __future__ import annotations
 
-import torch
+import ctypes
+import functools
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+# torch's CUDA builds reach the GPU through the NVIDIA driver's libcuda.so.1; its ROCm
+# builds through the kernel driver's /dev/kfd. Without either, torch.cuda has no device.
+CUDA_DRIVER_LIBRARY = "libcuda.so.1"
+ROCM_DEVICE_NODE = "/dev/kfd"
+
+
+@functools.cache
+def gpu_driver_present() -> bool:
+    """Whether a GPU driver torch could use is installed (not whether a GPU works)."""
+    if os.path.exists(ROCM_DEVICE_NODE):
+        return True
+    try:
+        ctypes.CDLL(CUDA_DRIVER_LIBRARY)
+    except OSError:
+        return False
+    return True
+
+
+def device_name(name: str) -> str | None:
+    """The device `name` resolves to when that is known without torch ("cpu" for "cpu",
+    and for "auto" on a machine with no GPU driver), else None: ask `resolve_device`."""
+    if name == "cpu" or (name == "auto" and not gpu_driver_present()):
+        return "cpu"
+    return None
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
     """"auto", "cpu", "cuda", "cuda:1", ... -> a torch.device; ValueError (one line) for a
     name torch does not know or a CUDA device this machine does not have."""
+    import torch
+
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

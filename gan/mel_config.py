@@ -10,11 +10,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-TAIL_POLICIES = ("end", "pad")
+LONG_CLIP_POLICIES = ("split", "crop")
+TAIL_POLICIES = ("end-grid", "end", "pad")
 PAD_POLICIES = ("noise", "loop", "zero-end")
 # what a store made before a policy existed did; such stores keep it (see from_dict)
 LEGACY_POLICIES = {"tail_policy": "pad", "pad_policy": "zero-end"}
-MIN_TAIL_FRACTION = 0.25  # "end": a remainder shorter than this share of an example is dropped
+# "end-grid" / "end": a remainder shorter than this share of an example is dropped
+MIN_TAIL_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -24,11 +26,15 @@ class MelConfig:
     How clips become examples (recorded in the store, so an existing store keeps its own):
     - `long_clip_policy`: clips longer than one example are "split" into several or
       "crop"ped to the first;
-    - `tail_policy` (split clips): "end" (default) ends the last example at the clip's end,
-      overlapping the one before, and drops a remainder shorter than MIN_TAIL_FRACTION of
-      an example; "pad" (stores made before this existed) zero-pads the remainder to a
-      whole example when at least half of it is audio. Zero padding is learnt: the
-      generator copies the band of digital silence (bench/bench_quality.py);
+    - `tail_policy` (split clips): "end-grid" (default) ends the last example within one
+      hop of the clip's end, starting on the frame grid of the examples before (at most
+      hop_length - 1 samples, 11.6 ms at the defaults, are left out), so that the
+      overlapping examples share their STFT frames (gan.spectral.LogMel.examples: a 4 s
+      clip costs ~365 frames instead of 512); it drops a remainder shorter than
+      MIN_TAIL_FRACTION of an example. "end" (stores made before "end-grid") ends the last
+      example exactly at the clip's end; "pad" (stores made before "end") zero-pads the
+      remainder to a whole example when at least half of it is audio. Zero padding is
+      learnt: the generator copies the band of digital silence (bench/bench_quality.py);
     - `pad_policy` (clips shorter than one example): "noise" (default) pads with noise at
       the clip's own noise floor, "loop" repeats the clip, "zero-end" pads with zeros. On
       spoken digits "noise" trained the generator closest to its real rows and "zero-end"
@@ -46,11 +52,11 @@ class MelConfig:
     # hop between split examples, in frames (defaults to one whole example: no overlap)
     split_hop_frames: int | None = None
     pad_policy: str = "noise"
-    tail_policy: str = "end"
+    tail_policy: str = "end-grid"
 
     def __post_init__(self) -> None:
         """The configuration checked as a whole, so no store is made from a bad one."""
-        if self.long_clip_policy not in ("split", "crop"):
+        if self.long_clip_policy not in LONG_CLIP_POLICIES:
             raise ValueError(
                 f"long_clip_policy must be 'split' or 'crop', not {self.long_clip_policy!r}")
         if self.tail_policy not in TAIL_POLICIES:

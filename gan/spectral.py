@@ -7,6 +7,7 @@ inversion at render/serve time always uses the parameters the features were made
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torchaudio
@@ -70,6 +71,63 @@ class LogMel(torch.nn.Module):
         mel = torch.cat([torch.matmul(fb[a:b, lo:hi], power[..., lo:hi, :]) for a, b, lo, hi
                          in self.bands], dim=-2)
         return 10.0 * torch.log10(mel.clamp_min(DB_FLOOR))
+
+    def edge_frames(self) -> int:
+        """Frames at each end of an example whose window reaches past it (into its
+        reflection padding): the only ones an example does not share with the clip."""
+        return -(-(self.cfg.n_fft // 2) // self.cfg.hop_length)
+
+    def shares_frames(self, offsets: Sequence[int], t: int) -> bool:
+        """Whether `examples` applies to these example offsets in a clip of `t` samples
+        and computes fewer frames than `forward` of every example would."""
+        cfg = self.cfg
+        s, hop, e = cfg.segment_samples, cfg.hop_length, self.edge_frames()
+        if (len(offsets) < 2 or cfg.n_fft % 2 or cfg.frames <= 2 * e
+                or any(o % hop or o < 0 or o + s > t for o in offsets)
+                or list(offsets) != sorted(set(offsets))):
+            return False
+        clip_frames = (offsets[-1] - offsets[0]) // hop + cfg.frames - 2 * e
+        straddling = cfg.n_fft // hop + 1  # frames lost where two padded pieces meet
+        return clip_frames + 2 * len(offsets) * (e + straddling) < len(offsets) * cfg.frames
+
+    def examples(self, wave: torch.Tensor, offsets: Sequence[int]) -> torch.Tensor:
+        """`forward` of the examples wave[o:o + segment_samples] for `offsets` on the frame
+        grid (see `shares_frames`), each frame that overlapping examples have in common
+        computed once: (K, n_mels, frames), equal to `forward(stack of examples)` up to
+        float rounding.
+
+        An example's frame j (centred at sample o + j * hop) is the clip's frame o / hop + j
+        unless its window reaches past the example, where the example's own reflection
+        padding stands in for the clip's samples: those `edge_frames` at each end come
+        from the example's padded ends. The clip's shared frames and every example's padded
+        ends are laid end to end on one hop grid, so one STFT makes them all (the few
+        frames that straddle two pieces are dropped).
+        """
+        cfg = self.cfg
+        s, hop, half, frames = cfg.segment_samples, cfg.hop_length, cfg.n_fft // 2, cfg.frames
+        e = self.edge_frames()
+        first = [o // hop + e for o in offsets]  # the clip frame of each example's frame e
+        lo, hi = first[0], first[-1] + frames - 2 * e  # clip frames [lo, hi) are shared
+        pieces = [wave[lo * hop - half:(hi - 1) * hop + half]]
+        tail = (frames - e) * hop - half  # where an example's last e frames start reading
+        for o in offsets:
+            ex = wave[o:o + s]
+            pieces.append(torch.cat([ex[1:half + 1].flip(0), ex[:e * hop - hop + half]]))
+            pieces.append(torch.cat([ex[tail:], ex[s - half - 1:s - 1].flip(0)]))
+        starts, pos = [], 0
+        for p in pieces:  # each piece starts on the hop grid
+            starts.append(pos // hop)
+            pos += -(-p.shape[0] // hop) * hop
+        signal = wave.new_zeros(pos)
+        for p, f in zip(pieces, starts, strict=True):
+            signal[f * hop:f * hop + p.shape[0]] = p
+        db = self._db(signal[None], center=False)[0]
+        out = torch.empty(len(offsets), cfg.n_mels, frames, device=wave.device)
+        for k, f in enumerate(first):
+            out[k, :, :e] = db[:, starts[1 + 2 * k]:starts[1 + 2 * k] + e]
+            out[k, :, e:frames - e] = db[:, f - lo:f - lo + frames - 2 * e]
+            out[k, :, frames - e:] = db[:, starts[2 + 2 * k]:starts[2 + 2 * k] + e]
+        return out
 
     def zero_tail(self, wave: torch.Tensor, real: int) -> torch.Tensor:
         """`forward` of one (T,) clip whose samples from `real` on are all zero, without

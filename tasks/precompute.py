@@ -9,12 +9,10 @@ at most the batch in flight.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,7 +23,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from clips.pools import (
-    POOLS,
     FileJob,
     JobLost,
     SourceMissingOnWorker,
@@ -50,13 +47,11 @@ from report.progress import report
 from storage.store_lock import StoreLock
 from storage.store_writer import MelStoreWriter, NewFile
 
-if TYPE_CHECKING:  # torch comes with the first file to decode: an unchanged run has none
-    import torch
-
-    from clips.features import Extracted
+if TYPE_CHECKING:
+    from clips.outcome import Extracted
 
 __all__ = [
-    "DEFAULT_BATCH_FILES", "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock",
+    "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock",
     "check_mel", "check_params",
     "compute_and_append",
     "finalize_store", "publish_summary",
@@ -64,12 +59,11 @@ __all__ = [
 ]
 
 
-# A batch (one append + manifest commit) is DEFAULT_BATCH_FILES files or BATCH_BYTES of
-# rows, whichever comes first: fewer, larger appends cut Zarr's per-call work (index chunks
-# rewritten, manifest commits). Files in flight are capped by IN_FLIGHT_BYTES of rows (the
-# rows per file are learnt as the run goes), so memory is bounded by these two constants,
-# not by the data set, even for long clips that split into many rows.
-DEFAULT_BATCH_FILES = 256
+# A batch (one append + manifest commit) is `batch_size` files (flows.precompute_params) or
+# BATCH_BYTES of rows, whichever comes first: fewer, larger appends cut Zarr's per-call work
+# (index chunks rewritten, manifest commits). Files in flight are capped by IN_FLIGHT_BYTES
+# of rows (the rows per file are learnt as the run goes), so memory is bounded by these two
+# constants, not by the data set, even for long clips that split into many rows.
 BATCH_BYTES = 32 << 20
 IN_FLIGHT_BYTES = 64 << 20
 TAIL_BATCH_BYTES = 2 << 20
@@ -124,20 +118,6 @@ class _Progress:
                rows=rows, clips_per_s=rate)
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Parallelism comes from the file pool; intra-op threads on per-file sized ops only
-    contend (measured up to 30x slower on a busy 2-core machine)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 # ----------------------------------------------------------------- tasks
 @task(name="scan-sources", retries=2, retry_delay_seconds=1,
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
@@ -149,9 +129,8 @@ def scan_sources(data_dir: str, store: str | None = None) -> ScanResult:
 @task(name="update-store", retries=1, retry_delay_seconds=2,
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
 def update_store(store: str, mel: dict[str, Any] | None, scan: ScanResult, data_dir: str,
-                 started: float, batch_size: int = DEFAULT_BATCH_FILES,
-                 workers: int | None = None, device: str = "cpu", pool: str = "auto",
-                 dask_address: str | None = None, compact: bool | None = None
+                 started: float, *, batch_size: int, workers: int | None, device: str,
+                 pool: str, dask_address: str | None, compact: bool | None
                  ) -> dict[str, Any]:
     """Bring the store up to date with `scan` as its one writer, and return the summary.
 
@@ -185,18 +164,15 @@ class ComputeResult:
     pool: str = "auto"
 
 
-def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
-                       batch_size: int = DEFAULT_BATCH_FILES,
-                       workers: int | None = None, device: str = "cpu",
-                       pool: str = "auto", dask_address: str | None = None
-                       ) -> ComputeResult:
+def compute_and_append(writer: MelStoreWriter, scan: ScanResult, *, batch_size: int,
+                       workers: int | None, device: str, pool: str,
+                       dask_address: str | None) -> ComputeResult:
     """Diff the scan against the manifest (new, changed by size/mtime, unchanged, removed),
     then decode + resample + mel every file to do, appending and committing per batch
     (`batch_size` files or BATCH_BYTES of rows, whichever comes first). Files run on
     `workers` threads or worker processes, or on a Dask cluster (`pool`, see
     clips.pools; `dask_address`: an existing one); the mel runs on `device`
     ("auto": the GPU when CUDA has one)."""
-    check_params(batch_size, workers, device, pool, dask_address)
     workers = int(workers or default_workers())
     t0 = time.perf_counter()
     rejections = writer.known_rejections()  # (soundfile is imported only when there are)
@@ -210,9 +186,8 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
         writer.commit()
         res.seconds = time.perf_counter() - t0
         return res
-    dev = _device(device)
-    res.device = str(dev)
-    res.pool = pool = resolve_pool(pool, len(plan.todo), workers, dev.type)
+    res.device = dev = _device(device)
+    res.pool = pool = resolve_pool(pool, len(plan.todo), workers, dev.partition(":")[0])
     todo = (_file_job(f, plan) for f in plan.todo)
     progress = _Progress(len(plan.todo))
     # (future, its files, run alone?): a job run alone that kills its worker names the file
@@ -222,8 +197,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult,
     batch: list[Extracted] = []
     batch_bytes = done_bytes = done_files = in_flight = 0
     total = len(plan.todo)
-    with torch_threads(1), extract_runner(pool, writer.mel_config, dev, workers,
-                                          dask_address) as runner:
+    with extract_runner(pool, writer.mel_config, dev, workers, dask_address) as runner:
         res.workers = workers = runner.workers  # an existing Dask cluster has its own
 
         def cap_now() -> int:
@@ -315,7 +289,7 @@ def _file_job(f: Any, plan: Plan) -> FileJob:
 
 def _worker_died(job: FileJob) -> Extracted:
     """The outcome of a file whose decoding killed the worker process running it alone."""
-    from clips.features import Extracted
+    from clips.outcome import Extracted
 
     _, path, class_name, size, mtime_ns, _ = job
     return Extracted(path=path, class_name=class_name, size=size, mtime_ns=mtime_ns,
@@ -323,11 +297,17 @@ def _worker_died(job: FileJob) -> Extracted:
                      "(a crash in the decoder?)")
 
 
-def _device(name: str) -> torch.device:
-    from gan.devices import resolve_device
+def _device(name: str) -> str:
+    """The device the mel runs on, as torch names it ("cpu", "cuda", "cuda:1"). torch is
+    imported only where it must decide (gan.devices.device_name): worker processes import
+    their own, so the writing process need not."""
+    from gan.devices import device_name, resolve_device
 
+    known = device_name(name)
+    if known is not None:
+        return known
     try:
-        return resolve_device(name)
+        return str(resolve_device(name))
     except ValueError as exc:
         raise PrecomputeError(str(exc)) from None
 
@@ -347,7 +327,7 @@ def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult
             res.touched.append(o.path)
         elif o.status == "rejected":
             res.rejected.append(remembered_rejection(o.path, o.reason, o.size, o.mtime_ns,
-                                                     decoder_version()))
+                                                     decoder_version(), o.by_content))
             if writer.remove([o.path]):  # a kept file that went bad stops being served
                 res.removed.append(o.path)
         elif o.status == "vanished" and writer.remove([o.path]):
@@ -439,24 +419,14 @@ def publish_summary(summary: dict[str, Any]) -> None:
                     summary["removed_files"], len(summary["rejected"]), summary["seconds"])
 
 
-def check_params(batch_size: int, workers: int | None, device: str = "cpu",
-                 pool: str = "auto", dask_address: str | None = None) -> None:
-    """Refuse bad knobs before anything is touched (one-line PrecomputeError)."""
-    if int(batch_size) < 1:
-        raise PrecomputeError(f"batch_size must be at least 1, not {batch_size}")
-    if workers is not None and int(workers) < 1:
-        raise PrecomputeError(f"workers must be at least 1, not {workers}")
-    if pool not in POOLS:
-        raise PrecomputeError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+def check_params(pool: str, dask_address: str | None, device: str) -> None:
+    """What the flow's parameters ask of this machine, before anything is touched (one-line
+    PrecomputeError; flows.precompute_params.PrecomputeParams checked each on its own): the
+    Dask extra for pool "dask", a scheduler that answers, a device torch has."""
     if pool == "dask" and not dask_available():
         raise PrecomputeError("pool 'dask' needs the scale extra: "
                               "pip install 'audio-wgan[scale]'")
     if dask_address is not None:
-        if pool != "dask":
-            raise PrecomputeError(f"dask_address needs pool 'dask', not {pool!r}")
-        if workers is not None:
-            raise PrecomputeError("workers does not apply to an existing Dask cluster "
-                                  "(dask_address): it runs on the cluster's own workers")
         check_dask_address(dask_address)
     if str(device) not in ("cpu", "auto"):  # always valid; checking others needs torch
         _device(device)

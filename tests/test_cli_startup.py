@@ -133,3 +133,25 @@ def test_run_checks_its_training_knobs_without_torch(tmp_path: Path) -> None:
                                                  "greater than or equal to 1 (got 0)")
     assert not imported & {"torch", "mlflow"}, imported
     assert not (tmp_path / "work").exists()  # nothing written
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_precompute_on_worker_processes_leaves_torch_to_them(tmp_path: Path) -> None:
+    """With worker processes on the CPU, the process that writes the store imports no
+    torch: the workers decode (forked from a forkserver that imported it once), the
+    outcomes they send back are plain data (clips.outcome), and the device is known
+    without torch."""
+    from prefect.settings import PREFECT_API_URL
+    from registry_fixtures import write_tone_dataset
+
+    from storage.mel_store import MelStore
+
+    data = write_tone_dataset(tmp_path / "data", clips=3)
+    store = tmp_path / "mels.zarr"
+    env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    args = ["precompute", str(data), "--store", str(store), "--workers", "2", "--pool",
+            "processes", "--device", "cpu", "--json"]
+    rc, imported, err = run_cli(args, tmp_path, env)
+    assert rc == 0, err[-2000:]
+    assert "torch" not in imported and {"prefect", "zarr", "numpy"} <= imported
+    assert len(MelStore.open(store)) > 0

@@ -170,7 +170,9 @@ def test_old_stores_keep_the_policies_they_were_made_with() -> None:
     old["pad_policy"] = "zero-end"  # stores written before tail_policy existed
     cfg = MelConfig.from_dict(old)
     assert (cfg.tail_policy, cfg.pad_policy) == ("pad", "zero-end")
-    assert (MelConfig().tail_policy, MelConfig().pad_policy) == ("end", "noise")
+    assert (MelConfig().tail_policy, MelConfig().pad_policy) == ("end-grid", "noise")
+    made_with_end = {**CFG.to_dict(), "tail_policy": "end"}  # stores made before end-grid
+    assert MelConfig.from_dict(made_with_end).tail_policy == "end"
 
 
 @pytest.mark.parametrize(("bad", "match"), [

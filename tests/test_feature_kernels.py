@@ -17,7 +17,8 @@ import torchaudio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clips.features import Resampler, decode, downmix, read_bytes, segment
+from clips.features import decode, downmix, read_bytes, segment
+from clips.resample import GROUP_SPAN, Resampler
 from gan.spectral import DB_FLOOR, LogMel, MelConfig, filter_bands
 
 
@@ -63,16 +64,31 @@ def test_resampler_matches_torchaudio(orig: int) -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
 
 
-def test_resampler_keeps_torchaudios_kernel_for_many_phases() -> None:
-    """48 kHz -> 22.05 kHz has 147 output phases: torchaudio's own convolution, unblocked."""
+def test_resampler_plans_blocks_and_phase_groups() -> None:
+    """2:1 (44.1 kHz) takes 16 ratio steps a row; 48 kHz's 147 phases are cut into groups
+    that each read only the columns of their nonzero taps, and every nonzero tap of
+    torchaudio's kernel is in exactly one group."""
     resampler = Resampler(22050)
-    x = torch.randn(48000, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(resampler(x, 48000), torchaudio.transforms.Resample(48000, 22050)(x))
-    kernel, stride, _, per_block, _ = resampler._kernel_for(44100)
-    assert (stride, per_block) == (32, 16) and kernel.shape[0] == 16  # 2:1, blocked
+    plan = resampler.plan(44100)
+    assert (plan.stride, plan.outputs, len(plan.groups)) == (32, 16, 1)
+    plan = resampler.plan(48000)
+    assert (plan.stride, plan.outputs) == (320, 147) and 2 <= len(plan.groups) <= 8
+    kernel = torchaudio.transforms.Resample(48000, 22050).kernel[:, 0]
+    rebuilt = torch.zeros_like(kernel)
+    widest = max(int((row != 0).nonzero().max() - (row != 0).nonzero().min()) + 1
+                 for row in kernel)
+    for g in plan.groups:
+        cols, phases = g.weights.shape
+        assert cols <= GROUP_SPAN * widest
+        assert not rebuilt[g.first:g.first + phases, g.lo:g.lo + cols].any()
+        rebuilt[g.first:g.first + phases, g.lo:g.lo + cols] = g.weights.T
+    assert torch.equal(rebuilt, kernel)
+    assert sum(g.weights.numel() for g in plan.groups) < 0.5 * kernel.numel()
     # a header's absurd rate (22050 * 97000 Hz, 2:1 scaled up) keeps the unblocked kernel
-    kernel, stride, _, per_block, _ = resampler._kernel_for(22050 * 97000)
-    assert (stride, per_block) == (97000, 1) and kernel.numel() < 4_000_000
+    plan = resampler.plan(22050 * 97000)
+    assert (plan.stride, plan.outputs) == (97000, 1)
+    assert sum(g.weights.numel() for g in plan.groups) < 4_000_000
+    assert resampler.plan(44101) is None  # 44101:22050 would need a huge kernel: FFT
 
 
 @pytest.mark.parametrize("cfg", [MelConfig(), MelConfig(n_mels=80, f_min=300.0, f_max=8000.0),
@@ -92,13 +108,61 @@ def test_logmel_bands_hold_every_weight_and_match_torchaudio(cfg: MelConfig) -> 
         torch.testing.assert_close(lm(wave), want, rtol=0, atol=1e-3)
 
 
-def test_segments_of_a_long_clip_are_views_copied_once() -> None:
-    cfg = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, frames=32)
+@pytest.mark.parametrize("tail", ["end", "end-grid"])
+def test_segments_of_a_long_clip_are_views_copied_once(tail: str) -> None:
+    cfg = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, frames=32,
+                    tail_policy=tail)
     wave = torch.randn(cfg.segment_samples * 2 + 777)
     segs, offsets = segment(wave, cfg)
-    assert len(offsets) == 3 and offsets[-1] + cfg.segment_samples == wave.shape[-1]
+    t, s, hop = wave.shape[-1], cfg.segment_samples, cfg.hop_length
+    assert len(offsets) == 3 and offsets[:2] == [0, cfg.hop_samples]
+    if tail == "end":  # the last example ends at the clip's end
+        assert offsets[-1] + s == t
+    else:  # on the frame grid, within one hop of the end
+        assert offsets[-1] % hop == 0 and t - hop < offsets[-1] + s <= t
     for k, o in enumerate(offsets):
         assert torch.equal(segs[k], wave[o:o + cfg.segment_samples])
+
+
+CONFIGS = [MelConfig(), MelConfig(n_fft=1024, hop_length=300, n_mels=64, frames=64),
+           MelConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=64, frames=40),
+           MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, frames=32),
+           MelConfig(sample_rate=8000, n_fft=256, hop_length=200, n_mels=32, frames=8)]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(c=st.integers(0, len(CONFIGS) - 1), extra=st.floats(0.0, 3.0),
+       hop_frames=st.sampled_from([None, 1, 7, 64, 300]), seed=st.integers(0, 2**16))
+def test_examples_on_the_frame_grid_share_frames_and_equal_forward(
+        c: int, extra: float, hop_frames: int | None, seed: int) -> None:
+    """LogMel.examples (one STFT over the clip's shared frames and each example's padded
+    ends) gives what LogMel of each example alone gives, for any split of a clip on the
+    frame grid; it is used only where it computes fewer frames."""
+    base = CONFIGS[c]
+    cfg = MelConfig(**{**base.to_dict(), "split_hop_frames": hop_frames})
+    lm = LogMel(cfg)
+    s, hop = cfg.segment_samples, cfg.hop_length
+    t = s + int(extra * s) + seed % hop
+    wave = torch.randn(t, generator=torch.Generator().manual_seed(seed)) * 0.3
+    _, offsets = segment(wave, cfg)
+    if not lm.shares_frames(offsets, t):
+        assert len(offsets) < 2 or (hop_frames or cfg.frames) >= cfg.frames - 8
+        return
+    got = lm.examples(wave, offsets)
+    want = lm(torch.stack([wave[o:o + s] for o in offsets]))
+    assert got.shape == want.shape == (len(offsets), cfg.n_mels, cfg.frames)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-3)
+
+
+def test_examples_off_the_grid_or_outside_the_clip_are_not_shared() -> None:
+    cfg = MelConfig()
+    lm, s = LogMel(cfg), cfg.segment_samples
+    t = 88200
+    assert lm.shares_frames([0, 22784], t)  # a 4 s clip under "end-grid"
+    assert not lm.shares_frames([0, t - s], t)  # "end": 22920 is off the grid
+    assert not lm.shares_frames([0, 23040], t)  # past the clip's end
+    assert not lm.shares_frames([0], t) and not lm.shares_frames([256, 0], t)
+    assert not lm.shares_frames([0, 65536], 2 * 65536)  # no overlap: nothing to share
 
 
 def test_read_bytes_reads_a_file_whole_and_no_more_than_the_cap(tmp_path) -> None:

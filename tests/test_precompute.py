@@ -60,7 +60,7 @@ def test_flow_builds_store_with_policies(data: Path, tmp_path: Path) -> None:
     assert mels.shape == (12, 32, 32) and np.isfinite(mels.astype(np.float32)).all()
     # no example holds digital silence: the short clip is padded with its own noise floor
     assert mels.astype(np.float32).max(axis=1).min() > -60.0
-    assert st.mel_config.pad_policy == "noise" and st.mel_config.tail_policy == "end"
+    assert st.mel_config.pad_policy == "noise" and st.mel_config.tail_policy == "end-grid"
 
 
 def test_legacy_policies_pad_with_zeros(data: Path, tmp_path: Path) -> None:
@@ -173,19 +173,63 @@ def test_a_rejection_its_bytes_decided_is_not_read_again_until_the_file_changes(
     assert MelStore.open(store).manifest.rejected == []
 
 
-def test_only_reasons_of_the_files_own_bytes_are_remembered() -> None:
+def test_only_rejections_by_the_files_own_bytes_are_remembered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rejection says whether the file's bytes decided it (then the manifest remembers
+    it with size, mtime and decoder); limits, OS errors and crashes are tried again."""
+    import clips.features as features
+    from clips.features import FeatureExtractor
     from clips.scan import remembered_rejection
+    from gan.mel_config import MelConfig
 
-    def kept(reason: str, size: int = 10) -> bool:
-        return "mtime_ns" in remembered_rejection("a/b.wav", reason, size, 5, "1.2.2")
+    ex = FeatureExtractor(MelConfig(**MEL))
 
-    assert kept("silent (all samples are zero)") and kept("empty file (0 bytes)", size=0)
-    assert kept("not decodable audio (Format not recognised)")
-    assert not kept("not decodable audio (System error)")  # the OS's, not the file's
-    for reason in ("unreadable: permission denied", "too long (9 frames = 1 s at 9 Hz)",
-                   "file changed while being read; run precompute again",
-                   "failed: MemoryError: ", "the worker process died while decoding it"):
-        assert not kept(reason)
+    def outcome(name: str, write: Callable[[Path], object]) -> tuple[str, bool]:
+        path = tmp_path / name
+        write(path)
+        st = path.stat()
+        out = ex.extract(str(path), name, "c", st.st_size, st.st_mtime_ns)
+        assert out.status == "rejected"
+        entry = remembered_rejection(name, out.reason, out.size, out.mtime_ns, "1.2.2",
+                                     out.by_content)
+        assert ("mtime_ns" in entry) == out.by_content
+        return out.reason, out.by_content
+
+    def wav(samples: np.ndarray) -> Callable[[Path], object]:
+        return lambda p: sf.write(p, samples, 8000)
+
+    by_content = {
+        "silent": wav(np.zeros(4000, dtype=np.float32)),
+        "too short": wav(np.full(10, 0.3, dtype=np.float32)),
+        "empty file": lambda p: p.write_bytes(b""),
+        "not decodable audio": lambda p: p.write_bytes(b"not audio at all" * 64),
+    }
+    for reason, write in by_content.items():
+        got, content = outcome(reason.replace(" ", "_") + ".wav", write)
+        assert got.startswith(reason) and content, got
+    monkeypatch.setenv("AUDIO_WGAN_MAX_CLIP_SECONDS", "0.1")  # a limit, not the bytes
+    got, content = outcome("long.wav", wav(np.full(4000, 0.3, dtype=np.float32)))
+    assert got.startswith("too long") and not content
+    monkeypatch.delenv("AUDIO_WGAN_MAX_CLIP_SECONDS")
+
+    def denied(*args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(features, "open", denied, raising=False)  # CI runs as root
+    got, content = outcome("denied.wav", wav(np.full(4000, 0.3, dtype=np.float32)))
+    assert got.startswith("unreadable: permission denied") and not content
+    monkeypatch.undo()
+
+    class SystemError_(RuntimeError):  # libsndfile's words for an OS error on opening
+        error_string = "System error"
+
+    def system_error(*args: object, **kwargs: object) -> object:
+        raise SystemError_("System error")
+
+    wav(np.full(4000, 0.3, dtype=np.float32))(tmp_path / "oserror.wav")
+    monkeypatch.setattr(features.sf, "SoundFile", system_error)
+    got, content = outcome("oserror.wav", lambda p: None)
+    assert got == "not decodable audio (System error)" and not content
 
 
 def test_mel_change_on_existing_store_refused(data: Path, tmp_path: Path) -> None:
@@ -270,9 +314,11 @@ def test_auto_device_runs_the_mel_on_the_gpu_when_cuda_has_one(data: Path,
 def test_store_inside_data_dir_and_bad_knobs(data: Path) -> None:
     from tasks.precompute import PrecomputeError
 
-    with pytest.raises(PrecomputeError, match="batch_size must be at least 1"):
+    with pytest.raises(PrecomputeError, match="invalid batch_size: .* greater than or equal "
+                       "to 1 .got 0."):
         run(data, data / "mels.zarr", batch_size=0)
-    with pytest.raises(PrecomputeError, match="pool must be one of auto, threads, processes"):
+    with pytest.raises(PrecomputeError, match="invalid pool: must be one of auto, threads, "
+                       "processes, dask, not 'fork'"):
         run(data, data / "mels.zarr", pool="fork")
     with pytest.raises(PrecomputeError, match="unknown device 'gpu0'"):
         run(data, data / "mels.zarr", device="gpu0")

@@ -10,7 +10,8 @@ Policies (recorded in the store's mel config and documented in the README):
 - clips shorter than one FFT window (n_fft samples at the store's rate) are rejected as
   "too short"; anything longer but shorter than one example is padded (`pad_policy`);
 - longer clips are split into examples every `split_hop_frames` frames, the last one ending
-  at the clip's end (`tail_policy`), or cropped to the first example (`long_clip_policy`).
+  within one hop of the clip's end, on the frame grid (or exactly at it: `tail_policy`), or
+  cropped to the first example (`long_clip_policy`).
 """
 
 from __future__ import annotations

@@ -14,8 +14,7 @@ import typer
 
 from audio_wgan.command import dispatch
 from audio_wgan.params import choice, option, output_dir, ranged
-from clips.pools import POOLS
-from gan.limits import BATCH_FILES, WORKERS
+from gan.limits import BATCH_FILES, POOLS, WORKERS
 from gan.mel_config import LONG_CLIP_POLICIES, PAD_POLICIES, TAIL_POLICIES
 
 MEL = "mel configuration of a new store: "  # the command help says the defaults

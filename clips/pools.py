@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from clips.names import reason_text
 from clips.scan import PrecomputeError
+from gan.limits import POOLS
 from gan.mel_config import MelConfig
 from storage.fault_points import fault_file, fault_point
 
@@ -45,12 +46,12 @@ if TYPE_CHECKING:  # torch comes with the extractor, when a file is first decode
     from clips.features import FeatureExtractor
     from clips.outcome import Extracted
 
-POOLS = ("auto", "threads", "processes", "dask")
 # "auto": worker processes once this many files are to be extracted on the CPU with more
 # than one worker, threads below it. Measured here (2 cores, bench_workers and
 # bench_precompute_us8k): threads won at 3,000 FSDD digits (0.88x) and 400 ESC-10 clips,
 # processes at 9,000 digits (1.28x) and 9,800 UrbanSound8K-like clips (~1.13x, 7 of 8
-# pairs): the processes' start (~1.5 s, torch imported in each) pays off only on big jobs.
+# pairs; then spawned, each importing torch, ~1.5 s): starting processes (now forked from a
+# forkserver that imports torch once, ~2-3 s here) pays off only on big jobs.
 AUTO_PROCESSES_FILES = 5000
 
 

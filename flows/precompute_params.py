@@ -20,10 +20,9 @@ from pydantic import (
     model_validator,
 )
 
-from clips.pools import POOLS
 from clips.scan import PrecomputeError
 from gan.errors import invalid_parameter
-from gan.limits import BATCH_FILES, WORKERS
+from gan.limits import BATCH_FILES, POOLS, WORKERS
 
 DEFAULT_BATCH_FILES = 256  # files per append + commit (also capped by bytes: tasks.precompute)
 
@@ -41,7 +40,7 @@ class PrecomputeParams(BaseModel):
     # threads or worker processes (None: one per core); not with an existing Dask cluster
     workers: int | None = Field(None, ge=WORKERS.lo, le=WORKERS.hi)
     device: str = "auto"  # auto, cpu, cuda, cuda:N (checked against this machine's torch)
-    pool: str = "auto"  # one of clips.pools.POOLS
+    pool: str = "auto"  # one of gan.limits.POOLS
     # drop dead rows: True, False, or None (once they are a quarter of the store)
     compact: bool | None = None
     # the scheduler of an existing Dask cluster (pool "dask"), e.g. tcp://host:8786

@@ -63,7 +63,9 @@ PER_CLASS = Range("per-class", 1, 64, "the grid is one figure")
 GRIFFIN_LIM_ITERS = Range("griffin-lim-iters", 1, 1000, "quality stops improving far sooner")
 # synthetic demo clips per class: 10,000 x 5 classes x 2 s at 16 kHz is ~3 GB of wav
 DEMO_CLIPS_PER_CLASS = Range("clips-per-class", 1, 10_000, "a demo set, not a corpus")
-# threads or worker processes of one precompute, and files per write batch
+# where precompute runs its files (clips.pools), its threads or worker processes, and files
+# per write batch
+POOLS = ("auto", "threads", "processes", "dask")
 WORKERS = Range("workers", 1, 1024, "more than a big machine's cores only thrashes")
 BATCH_FILES = Range("batch-size", 1, 65_536, "a batch is also capped at 32 MB of rows")
 # an epoch label or count: large enough for any real run, small enough for file names

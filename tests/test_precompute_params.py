@@ -14,9 +14,9 @@ import yaml
 
 from audio_wgan.cli import build_command
 from audio_wgan.cmd_precompute import COMPACT, MEL_ARGS
-from clips.pools import POOLS
 from flows.precompute import precompute
 from flows.precompute_params import PrecomputeParams, validate_params
+from gan.limits import POOLS
 from gan.mel_config import LONG_CLIP_POLICIES, PAD_POLICIES, TAIL_POLICIES, MelConfig
 from tasks.precompute import PrecomputeError
 

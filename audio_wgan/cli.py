@@ -13,6 +13,8 @@ progress bar.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib
 import os
 import sys
@@ -23,7 +25,7 @@ from audio_wgan.command import Interrupted, UserError, fail
 if TYPE_CHECKING:
     import typer
 
-__all__ = ["COMMAND_MODULES", "UserError", "build_app", "build_command", "main"]
+__all__ = ["COMMAND_MODULES", "UserError", "build_app", "build_command", "console", "main"]
 
 PROG = "audio-wgan"
 COMPLETE_VAR = "_AUDIO_WGAN_COMPLETE"  # set by the shell completion script (click's name)
@@ -123,5 +125,38 @@ def run_group(group, argv: list[str], command: str | None = None  # noqa: ANN001
     return rv if isinstance(rv, int) else 0
 
 
+def console() -> None:
+    """The `audio-wgan` console script: `main()`, then an exit without the interpreter's
+    teardown, which frees every loaded module one by one (~0.3 s once Prefect is loaded:
+    a tenth of an unchanged precompute).
+
+    The exit hook is registered before anything else, so it runs after every other atexit
+    handler (Prefect's log and event drains, MLflow's, multiprocessing's, weakref
+    finalizers, all registered later) and after Python has joined non-daemon threads; it
+    flushes logging and stdio and leaves with main's exit code. An uncaught exception keeps
+    Python's traceback and exit code 1. Tests call `main()`, which never exits the process.
+    """
+    code = 1  # what Python exits with after printing an uncaught exception's traceback
+
+    def leave() -> None:
+        if "logging" in sys.modules:
+            sys.modules["logging"].shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed pipe: nothing left to say
+                stream.flush()
+        os._exit(code)
+
+    atexit.register(leave)
+    try:
+        code = main()
+    except SystemExit as exc:  # a string code is printed by Python and exits 1
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        raise
+    except KeyboardInterrupt:  # (main turns Ctrl-C inside a command into exit 130)
+        code = 130
+        raise
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

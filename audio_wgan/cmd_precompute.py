@@ -111,7 +111,8 @@ def run(args: SimpleNamespace) -> int:
     from audio_wgan.command import UserError
     from audio_wgan.progress_display import shown
     from flows.precompute import precompute
-    from storage.mel_store import StoreError, safe_text, to_json
+    from storage.store_errors import StoreError
+    from storage.store_summary import safe_text, to_json
     from tasks.precompute import PrecomputeError
 
     if args.dask_address is not None and args.pool != "dask":

@@ -270,24 +270,28 @@ def report(runs: dict[str, list[tuple[float, int, int]]], cmd: str, reps: int,
     lines += [
         "",
         "Reading: the CLI is typer 0.28 (0.29 builds a pydantic TypeAdapter for every "
-        "parameter, ~0.3 s per command here; click's plain help formatter; rich is imported "
-        "only to draw a progress bar). `--help` (of every command), shell completion, "
-        "`store-info` and `models` import neither torch nor Prefect nor MLflow nor Zarr nor "
-        "numpy (tests/test_cli_startup.py checks the imports in a fresh interpreter): "
-        "`store-info` answers from the store's committed manifest "
+        "parameter, ~0.3 s per command here; click's plain help formatter; rich is "
+        "imported only to draw a progress bar). `--help` (of every command), shell "
+        "completion, `store-info` and `models` import neither torch nor Prefect nor "
+        "MLflow nor Zarr nor numpy (tests/test_cli_startup.py checks the imports in a "
+        "fresh interpreter): `store-info` answers from the store's committed manifest "
         "(storage/store_summary.py) and `models` reads MLflow's SQLite database itself "
         "(storage/registry_listing.py); the MLflow row is what `models` cost before. An "
         "unchanged precompute is a Prefect flow run: without a configured server Prefect "
         "starts and stops its temporary server for it; with the server that `audio-wgan "
-        "server start` leaves running, what is left is importing Prefect (1.3-2.5 s on the "
-        "machines this ran on) and the flow run itself: nothing is decoded, so torch is "
-        "never imported. An unchanged `run` is the retrain flow with the precompute flow "
-        "inside it: it stops after the train-or-skip plan (tasks/retrain_plan.py, which "
-        "reads the SQLite registry directly) and imports its training half (torch, MLflow, "
-        "matplotlib) only when it trains. The targets are met on the server that `audio-wgan "
-        "server start` records, the way we chose (Prefect's own `prefect server start "
-        "--background`, reused while it answers): Prefect's temporary server costs each "
-        "command its start and stop, which no change of ours can remove.",
+        "server start` leaves running, what is left is importing Prefect (1.3-2.5 s on "
+        "the machines this ran on) and the flow run itself: nothing is decoded, so torch "
+        "is never imported, and the store, settled by the run before, is answered from "
+        "its manifest under the writer's lock without Zarr or numpy "
+        "(storage/store_settled.py). Every command leaves without the interpreter's "
+        "teardown (audio_wgan.cli.console: ~0.3 s once Prefect is loaded). An unchanged "
+        "`run` is the retrain flow with the precompute flow inside it: it stops after the "
+        "train-or-skip plan (tasks/retrain_plan.py, which reads the SQLite registry "
+        "directly) and imports its training half (torch, MLflow, matplotlib) only when it "
+        "trains. The targets are met on the server that `audio-wgan server start` "
+        "records, the way we chose (Prefect's own `prefect server start --background`, "
+        "reused while it answers): Prefect's temporary server costs each command its "
+        "start and stop, which no change of ours can remove.",
         "",
     ]
     return "\n".join(lines)

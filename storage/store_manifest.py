@@ -88,6 +88,10 @@ class Manifest:
     requeued: list[str] = field(default_factory=list)
     # class folders that are links to folders outside DATA_DIR: {"class", "target"}
     linked_classes: list[dict[str, str]] = field(default_factory=list)
+    # the commit at which a writer's finalize left nothing pending (rows trimmed, statistics,
+    # attributes, compaction); a writer opening the store clears it before writing anything,
+    # so `settled == commits` means no writer has touched the store since (store_settled)
+    settled: int = 0
 
     @property
     def format_version(self) -> int:
@@ -103,6 +107,15 @@ class Manifest:
 
     def live_rows(self) -> int:
         return sum(e.n_rows for e in self.files.values())
+
+    def known_files(self) -> dict[str, tuple[int, int, str]]:
+        """path -> (size, mtime_ns, hash) of every kept file, for change detection."""
+        return {p: (e.size, e.mtime_ns, e.hash) for p, e in self.files.items()}
+
+    def known_rejections(self) -> dict[str, dict[str, Any]]:
+        """path -> report of every rejected file remembered with its size and mtime."""
+        return {r["path"]: r for r in self.rejected
+                if isinstance(r.get("size"), int) and isinstance(r.get("mtime_ns"), int)}
 
     def fingerprint(self) -> str:
         """Changes iff the live content (files, their hashes and labels) or mel config changes.
@@ -144,6 +157,7 @@ class Manifest:
             "requeued": _names(self.requeued),
             "linked_classes": [{"class": escape(c["class"]), "target": escape(c["target"])}
                                for c in self.linked_classes],
+            "settled": self.settled,
         }
 
     def to_json(self) -> bytes:
@@ -180,6 +194,7 @@ class Manifest:
             requeued=[un(p) for p in d.get("requeued", [])],
             linked_classes=[{"class": un(c["class"]), "target": un(c["target"])}
                             for c in d.get("linked_classes", [])],
+            settled=int(d.get("settled", 0)),
         )
 
 

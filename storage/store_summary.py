@@ -79,21 +79,31 @@ def _from_manifest(root: Path, m: Manifest) -> dict[str, Any] | None:
     stats, fingerprint, live = m.stats, m.fingerprint(), m.live_rows() > 0
     if live and not (stats and stats.get("fingerprint") == fingerprint):
         return None  # an interrupted run: the statistics must be computed from the rows
+    chunk_rows = stored_chunk_rows(root, m)
+    if chunk_rows is None:
+        return None
+    # float32, as `MelStore.stats` serves them
+    mean, std = (array("f", stats[k]).tolist() if live else [] for k in ("mean", "std"))
+    return summary_fields(root, m, fingerprint, disk_bytes(root), chunk_rows, mean, std)
+
+
+def stored_chunk_rows(root: Path, m: Manifest) -> int | None:
+    """The rows per mel chunk when every array of a local store holds its committed rows
+    and every chunk holding one is stored (a stat each); None when not, or when only Zarr
+    can tell (another chunk key encoding). OSError, ValueError, KeyError: unreadable."""
     prefix = generation_prefix(m.generation)
     chunk_rows = 0
     for name in ARRAY_NAMES:
         meta = json.loads((root / prefix / name / "zarr.json").read_bytes())
         rows_per_chunk = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        if m.rows > int(meta["shape"][0]):
+            return None
         if name == MELS:
-            if m.rows > int(meta["shape"][0]):
-                return None
             chunk_rows = rows_per_chunk
         keys = _chunk_keys(meta, -(-m.rows // rows_per_chunk))
         if keys is None or not all((root / prefix / name / k).is_file() for k in keys):
             return None
-    # float32, as `MelStore.stats` serves them
-    mean, std = (array("f", stats[k]).tolist() if live else [] for k in ("mean", "std"))
-    return summary_fields(root, m, fingerprint, disk_bytes(root), chunk_rows, mean, std)
+    return chunk_rows
 
 
 def _chunk_keys(meta: dict[str, Any], n_chunks: int) -> list[str] | None:

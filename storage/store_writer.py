@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from gan.mel_config import MelConfig
 from storage.fault_points import fault_point
 from storage.store_backend import Lock, StoreBackend, backend_for
 from storage.store_errors import StoreError
@@ -50,9 +49,8 @@ from storage.store_manifest import (
     commit_manifest,
     read_manifest,
 )
+from storage.store_mel_config import resolve_mel_config
 
-INT_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "split_hop_frames")
-FLOAT_FIELDS = ("f_min", "f_max")
 # Automatic compaction (at the end of a precompute) once dead rows are at least this share
 # of the stored rows and fill at least one mel chunk: each compaction then copies at most
 # three live rows per dead row it drops, and never runs for less than a chunk of space.
@@ -75,44 +73,6 @@ class NewFile:
     sample_rate: int = 0
     channels: int = 0
     samples: int = 0
-
-
-def resolve_mel_config(existing: dict[str, Any] | None, overrides: dict[str, Any] | None,
-                       store: str | Path = "") -> MelConfig:
-    """The store's config (or the defaults for a new store) with `overrides` applied,
-    checked as a whole (`MelConfig.__post_init__`) before any store exists.
-
-    Refuses (StoreError) overrides that would change an existing store's configuration:
-    rows made with different parameters must never be mixed.
-    """
-    names = [f.name for f in dataclasses.fields(MelConfig)]
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise StoreError(f"unknown mel setting(s): {', '.join(unknown)} "
-                         f"(known: {', '.join(names)})")
-    try:
-        for k in INT_FIELDS:
-            if k in given:
-                v = given[k]
-                if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-                    raise ValueError(f"{k} must be a whole number, got {v!r}")
-                given[k] = int(v)  # 64, 64.0 and "64" are the same setting
-        for k in FLOAT_FIELDS:
-            if k in given:
-                given[k] = float(given[k])
-        base = dict(existing) if existing is not None else MelConfig().to_dict()
-        cfg = MelConfig.from_dict({**base, **given})
-    except (TypeError, ValueError) as exc:  # MelConfig checks itself as a whole
-        raise StoreError(f"bad mel configuration: {exc}") from None
-    if existing is not None:
-        old = MelConfig.from_dict(existing)
-        if cfg != old:
-            diffs = ", ".join(f"{n} {getattr(old, n)} -> {getattr(cfg, n)}" for n in names
-                              if getattr(old, n) != getattr(cfg, n))
-            raise StoreError(f"store {store} was made with a different mel configuration "
-                             f"({diffs}); use a new --store")
-    return cfg
 
 
 class MelStoreWriter:
@@ -186,6 +146,9 @@ class MelStoreWriter:
         be.remove_partials()
         if manifest is not None:
             cfg = resolve_mel_config(manifest.mel, mel, p)
+            if manifest.settled:  # durably unsettled before this writer changes anything
+                manifest.settled = 0
+                commit_manifest(be, manifest)
             # a compaction killed before its commit, or old arrays no reader holds now
             removed = be.remove_unused_generations(manifest.generation)
             try:
@@ -228,13 +191,10 @@ class MelStoreWriter:
 
     # ------------------------------------------------------------- content
     def known_files(self) -> dict[str, tuple[int, int, str]]:
-        """path -> (size, mtime_ns, hash) of every kept file, for change detection."""
-        return {p: (e.size, e.mtime_ns, e.hash) for p, e in self.manifest.files.items()}
+        return self.manifest.known_files()
 
     def known_rejections(self) -> dict[str, dict[str, Any]]:
-        """path -> report of every rejected file remembered with its size and mtime."""
-        return {r["path"]: r for r in self.manifest.rejected
-                if isinstance(r.get("size"), int) and isinstance(r.get("mtime_ns"), int)}
+        return self.manifest.known_rejections()
 
     def append(self, items: list[NewFile]) -> int:
         """Write the rows of `items` after the committed rows; they stay invisible until
@@ -391,6 +351,9 @@ class MelStoreWriter:
             attrs = self._group.attrs.asdict()
             if changed or resized or attrs.get("fingerprint") != fp or "mel" not in attrs:
                 self._write_attrs(fp)  # and re-consolidate: other Zarr readers see the shapes
+        if not error:  # last: a crash before this commit leaves the store unsettled
+            self.manifest.settled = self.manifest.commits + 1  # the commit that records it
+            commit_manifest(self.backend, self.manifest)
         return {"fingerprint": fp, "rows": self.manifest.live_rows(),
                 "stored_rows": self.manifest.rows, "compacted_rows": dropped,
                 "compaction_error": error}

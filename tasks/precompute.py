@@ -44,11 +44,14 @@ from clips.scan import (
 from gan.limits import check_trainable_mel
 from gan.mel_config import MelConfig
 from report.progress import report
+from storage.store_backend import backend_for
 from storage.store_lock import StoreLock
-from storage.store_writer import MelStoreWriter, NewFile
+from storage.store_manifest import Manifest
+from storage.store_settled import open_settled
 
 if TYPE_CHECKING:
     from clips.outcome import Extracted
+    from storage.store_writer import MelStoreWriter
 
 __all__ = [
     "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock",
@@ -138,7 +141,24 @@ def update_store(store: str, mel: dict[str, Any] | None, scan: ScanResult, data_
     creates the store (refusing a changed mel config or a busy store), runs
     `compute_and_append` and `finalize_store`, and closes it, whatever happens. A retry
     (transient I/O errors) opens the store again and goes on from the last committed batch.
+
+    A settled store (`storage.store_settled`) whose kept files, remembered rejections and
+    reports the scan leaves as they are is answered from its manifest, under the writer's
+    lock, without opening a writer (nor importing Zarr): the scheduled retrain's usual case.
     """
+    settled = open_settled(store, mel)
+    if settled is not None:
+        manifest, lock = settled
+        try:
+            summary = unchanged_summary(store, manifest, scan, data_dir, started,
+                                        workers=workers, device=device, pool=pool,
+                                        compact=compact)
+        finally:
+            lock.release()
+        if summary is not None:
+            return summary
+    from storage.store_writer import MelStoreWriter  # Zarr and numpy: a store to write
+
     writer = MelStoreWriter.create_or_open(store, mel)
     try:
         result = compute_and_append(writer, scan, batch_size=batch_size, workers=workers,
@@ -164,6 +184,14 @@ class ComputeResult:
     pool: str = "auto"
 
 
+def plan_for(manifest: Manifest, scan: ScanResult) -> Plan:
+    """What the scan leaves to do against the committed manifest (soundfile, for its
+    version, is imported only when the manifest remembers rejections)."""
+    rejections = manifest.known_rejections()
+    return plan_changes(scan, manifest.known_files(), rejections,
+                        decoder_version() if rejections else "")
+
+
 def compute_and_append(writer: MelStoreWriter, scan: ScanResult, *, batch_size: int,
                        workers: int | None, device: str, pool: str,
                        dask_address: str | None) -> ComputeResult:
@@ -175,9 +203,7 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult, *, batch_size: 
     ("auto": the GPU when CUDA has one)."""
     workers = int(workers or default_workers())
     t0 = time.perf_counter()
-    rejections = writer.known_rejections()  # (soundfile is imported only when there are)
-    plan = plan_changes(scan, writer.known_files(), rejections,
-                        decoder_version() if rejections else "")
+    plan = plan_for(writer.manifest, scan)
     res = ComputeResult(plan=plan, workers=workers, device=device, pool=pool)
     for path in plan.removed:
         if writer.remove([path]):
@@ -314,6 +340,8 @@ def _device(name: str) -> str:
 
 def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult) -> None:
     kept = writer.manifest.files
+    from storage.store_writer import NewFile
+
     new: list[NewFile] = []
     for o in outcomes:
         if o.status == "new":
@@ -341,21 +369,64 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
     None = once dead rows are worth it, see MelStoreWriter.should_compact); build the
     summary. A store this run created that ends up without a single row is removed again.
     """
+    scan = result.plan.scan
+    rejected, empty = _reports(writer.manifest, result)
+    writer.set_reports(rejected, scan.ignored, empty, scan.linked_classes)
+    fin = writer.finalize(compact=compact)
+    summary = _summary(str(writer.path), writer.manifest, result, rejected, empty, fin,
+                       fin["fingerprint"] != writer.fingerprint_at_open, data_dir, started)
+    if fin["rows"] == 0 and writer.created:
+        writer.destroy()
+        summary["store_removed"] = True
+    return summary
+
+
+def unchanged_summary(store: str, manifest: Manifest, scan: ScanResult, data_dir: str,
+                      started: float, *, workers: int | None, device: str, pool: str,
+                      compact: bool | None) -> dict[str, Any] | None:
+    """`finalize_store`'s summary of a settled store (its committed `manifest`) that the
+    scan leaves as it is; None when a writer has something to do: a file to read or drop,
+    a report to change, dead rows that compaction may take."""
+    t0 = time.perf_counter()
+    m = manifest
+    plan = plan_for(m, scan)
+    if plan.todo or plan.removed or (compact is not False and m.rows != m.live_rows()):
+        return None
+    result = ComputeResult(plan=plan, workers=int(workers or default_workers()),
+                           device=device, pool=pool)
+    rejected, empty = _reports(m, result)
+    if (rejected, scan.ignored, empty, scan.linked_classes) != (
+            m.rejected, m.ignored, m.empty_classes, m.linked_classes):
+        return None
+    result.seconds = time.perf_counter() - t0
+    fin = {"fingerprint": m.fingerprint(), "rows": m.live_rows(), "stored_rows": m.rows,
+           "compacted_rows": 0, "compaction_error": ""}
+    return _summary(str(backend_for(store).path), m, result, rejected, empty, fin, False,
+                    data_dir, started)
+
+
+def _reports(manifest: Manifest, result: ComputeResult
+             ) -> tuple[list[dict[str, Any]], list[str]]:
+    """(rejected files, empty class folders) as the manifest records them after a run."""
     plan = result.plan
     scan = plan.scan
     rejected = sorted(scan.unreadable + result.rejected + plan.kept_rejected,
                       key=lambda r: r["path"])
-    kept_classes = {p.split("/", 1)[0] for p in writer.manifest.files}
-    empty = [c for c in scan.class_dirs if c not in kept_classes]
-    writer.set_reports(rejected, scan.ignored, empty, scan.linked_classes)
-    fin = writer.finalize(compact=compact)
-    m = writer.manifest
+    kept_classes = {p.split("/", 1)[0] for p in manifest.files}
+    return rejected, [c for c in scan.class_dirs if c not in kept_classes]
+
+
+def _summary(store: str, m: Manifest, result: ComputeResult, rejected: list[dict[str, Any]],
+             empty: list[str], fin: dict[str, Any], changed: bool, data_dir: str,
+             started: float) -> dict[str, Any]:
+    plan = result.plan
+    scan = plan.scan
     per_label = [0] * len(m.classes)
     for e in m.files.values():
         per_label[e.label] += e.n_rows
     seconds = time.time() - started
-    summary: dict[str, Any] = {
-        "store": str(writer.path),
+    return {
+        "store": store,
         "data_dir": str(data_dir),
         "rows": fin["rows"],
         "stored_rows": fin["stored_rows"],
@@ -373,9 +444,9 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
         "empty_classes": empty,
         "linked_classes": scan.linked_classes,
         "classes": dict(zip(m.classes, per_label, strict=True)),
-        "changed": fin["fingerprint"] != writer.fingerprint_at_open,
+        "changed": changed,
         "fingerprint": fin["fingerprint"],
-        "mel": writer.mel_config.to_dict(),
+        "mel": m.mel_config.to_dict(),
         "workers": result.workers,
         "device": result.device,
         "pool": result.pool,
@@ -383,10 +454,6 @@ def finalize_store(writer: MelStoreWriter, result: ComputeResult, data_dir: str,
         "compute_seconds": round(result.seconds, 3),
         "clips_per_s": round(result.processed / seconds, 2) if seconds > 0 else 0.0,
     }
-    if fin["rows"] == 0 and writer.created:
-        writer.destroy()
-        summary["store_removed"] = True
-    return summary
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE)

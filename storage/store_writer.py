@@ -190,12 +190,6 @@ class MelStoreWriter:
         self.close()
 
     # ------------------------------------------------------------- content
-    def known_files(self) -> dict[str, tuple[int, int, str]]:
-        return self.manifest.known_files()
-
-    def known_rejections(self) -> dict[str, dict[str, Any]]:
-        return self.manifest.known_rejections()
-
     def append(self, items: list[NewFile]) -> int:
         """Write the rows of `items` after the committed rows; they stay invisible until
         `commit()`. A file already in the manifest is replaced (its old rows die)."""

@@ -137,7 +137,7 @@ def test_compact_drop_damaged_keeps_the_intact_files_and_requeues_the_rest(
     # the next precompute computes them again (they are no longer kept), and the store
     # stops listing them as re-queued once their rows are back
     with MelStoreWriter.create_or_open(store) as w:
-        assert set(w.known_files()) == {"a/0.wav", "d/3.wav"}
+        assert set(w.manifest.known_files()) == {"a/0.wav", "d/3.wav"}
         w.append([files["b/1.wav"], files["c/2.wav"]])
         w.finalize(compact=False)
     with MelStore.open(store) as st:

@@ -98,7 +98,16 @@ def command(
 ) -> int:
     params = dict(locals())
     params["json"] = params.pop("as_json")
-    return dispatch("precompute", run, params)
+    return dispatch("precompute", run, params, prepare=warm_up)
+
+
+def warm_up(args: SimpleNamespace, waits: bool) -> None:
+    """While the command waits for its Prefect server: start the worker processes'
+    forkserver (it imports torch) if this run may use them."""
+    if waits:
+        from clips.pools import warm_worker_processes
+
+        warm_worker_processes(args.pool, args.workers, args.device)
 
 
 MEL_ARGS = ("sample_rate", "n_fft", "hop_length", "n_mels", "frames", "f_min", "f_max",

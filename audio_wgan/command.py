@@ -22,20 +22,34 @@ class Interrupted(Exception):
     this carries it past typer to the one line `main` prints)."""
 
 
-# the commands that run flows: they talk to `audio-wgan server start`'s server while it
-# answers, and a PREFECT_API_URL that does not answer is one line before any work
-PREFECT_COMMANDS = frozenset({"precompute", "train", "run", "render", "evaluate"})
+# the commands that run flows, and the flow module each imports (while a server for the
+# command starts: audio_wgan.prefect_server); a PREFECT_API_URL that does not answer is
+# one line before any work
+PREFECT_COMMANDS = {"precompute": "flows.precompute", "train": "flows.train",
+                    "run": "flows.retrain", "render": "flows.render",
+                    "evaluate": "flows.evaluate"}
 
 
 def dispatch(name: str, run: Callable[[SimpleNamespace], int | None],
-             params: dict[str, Any]) -> int:
-    """Run a command's body on its parsed options (a namespace, as argparse gave them)."""
+             params: dict[str, Any],
+             prepare: Callable[[SimpleNamespace, bool], object] | None = None) -> int:
+    """Run a command's body on its parsed options (a namespace, as argparse gave them).
+    A flow command imports its flow, and runs `prepare(args, waits)`, while the Prefect
+    server it talks to starts (`waits`: one is starting, see audio_wgan.prefect_server)."""
     args = SimpleNamespace(command=name, **params)
+
+    def ready(waits: bool) -> None:
+        import importlib
+
+        importlib.import_module(PREFECT_COMMANDS[name])
+        if prepare is not None:
+            prepare(args, waits)
+
     try:
         if name in PREFECT_COMMANDS:
-            from audio_wgan.prefect_server import use_recorded_server
+            from audio_wgan.prefect_server import flow_server
 
-            with use_recorded_server():
+            with flow_server(ready):
                 check_prefect_api()
                 return int(run(args) or 0)
         return int(run(args) or 0)

@@ -85,7 +85,7 @@ def flow_seconds(data: Path, store: Path, workers: int, way: str, address: str) 
 def main(argv: list[str] | None = None) -> int:
     from bench.bench_precompute import SHARED, link_subset, list_files
     from bench.bench_workers import linked_copies
-    from tasks.precompute import default_workers
+    from clips.pools import default_workers
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--datasets", nargs="+", default=["fsdd", "esc10"])

@@ -51,11 +51,11 @@ import torch
 import torchaudio
 
 from clips.features import FeatureExtractor, is_audio_name, segment
-from clips.pools import torch_threads
+from clips.pools import default_workers, torch_threads
 from flows.precompute_params import DEFAULT_BATCH_FILES
 from gan.spectral import DB_FLOOR, MelConfig
 from storage.store_writer import MelStoreWriter, NewFile
-from tasks.precompute import BATCH_BYTES, default_workers
+from tasks.precompute import BATCH_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

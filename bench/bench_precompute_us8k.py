@@ -14,8 +14,10 @@ Timed, in alternating repetitions:
     resample, MelSpectrogram + log, `torch.save` per file, on one torch thread (its fastest
     setting here); the loop only, as the seed runs it in a notebook that has torch loaded;
 (b) `audio-wgan precompute DATA --store STORE` into a fresh store, as a fresh process:
-    interpreter start, imports, Prefect's temporary server (no server configured), scan,
-    hashing, decode, mel, Zarr writes, statistics, artifacts;
+    interpreter start, imports, the Prefect server it starts for itself (no server
+    configured: audio_wgan/prefect_server.py), scan, hashing, decode, mel, Zarr writes,
+    statistics, artifacts; and the same with AUDIO_WGAN_COMMAND_SERVER=0, on Prefect's
+    temporary server (what (b) was before);
 (c) the same after `audio-wgan server start` (the flow runs go to that server);
 (d) an unchanged re-run of (c).
 The default mel configuration (128 mels x 256 frames at 22.05 kHz, long clips split).
@@ -39,6 +41,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from audio_wgan.prefect_server import COMMAND_SERVER_VAR
 from bench.bench_precompute import _seed_loop, list_files
 from gan.spectral import MelConfig
 
@@ -117,14 +120,14 @@ def children() -> set[int]:
     return out
 
 
-def run_cli(argv: list[str], cwd: Path) -> tuple[float, float]:
+def run_cli(argv: list[str], cwd: Path, **extra_env: str) -> tuple[float, float]:
     """(wall s, CPU s of the process tree) of one fresh `audio-wgan` process: the command
     and every process it started, waited for once the command has answered (a server
     started before it, such as `audio-wgan server start`'s, is not counted)."""
     before, earlier = os.times(), children()
     t0 = time.perf_counter()
     subprocess.run([CLI, *argv], cwd=cwd, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env=cli_env(cwd))
+                   stderr=subprocess.DEVNULL, env={**cli_env(cwd), **extra_env})
     wall = time.perf_counter() - t0
     for pid in children() - earlier:  # its orphans: the forkserver, the resource tracker
         os.waitpid(pid, 0)
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stand-in: {len(files)} clips in {data}", flush=True)
     cfg = MelConfig()
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in
-                                                  ("seed", "temp", "server", "unchanged")}
+                                                  ("seed", "own", "temp", "server",
+                                                   "unchanged")}
     cwd = work / "cwd"
     cwd.mkdir(exist_ok=True)
     port = 4300 + os.getpid() % 500
@@ -168,8 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         runs["seed"].append(seed_loop(files, cfg, work / "seed-out"))
         print(f"rep {rep}: seed {runs['seed'][-1]}", flush=True)
         shutil.rmtree(work / "temp.zarr", ignore_errors=True)
+        runs["own"].append(run_cli(["precompute", str(data), "--store",
+                                    str(work / "temp.zarr")], cwd))
+        print(f"rep {rep}: its own server {runs['own'][-1]}", flush=True)
+        shutil.rmtree(work / "temp.zarr", ignore_errors=True)
         runs["temp"].append(run_cli(["precompute", str(data), "--store",
-                                     str(work / "temp.zarr")], cwd))
+                                     str(work / "temp.zarr")], cwd,
+                                    **{COMMAND_SERVER_VAR: "0"}))
         print(f"rep {rep}: temporary server {runs['temp'][-1]}", flush=True)
         subprocess.run([CLI, "server", "start", "--port", str(port)], cwd=cwd, check=True,
                        stdout=subprocess.DEVNULL, env=cli_env(cwd))
@@ -202,7 +211,10 @@ def report(runs: dict[str, list[tuple[float, float]]], n: int, args: argparse.Na
 
     rows = [
         ("seed-style loop, 1 torch thread (the loop only)", "seed", ""),
-        ("`audio-wgan precompute` (Prefect's temporary server)", "temp", verdict("temp")),
+        ("`audio-wgan precompute` (no server configured: one of its own)", "own",
+         verdict("own")),
+        (f"the same with {COMMAND_SERVER_VAR}=0 (Prefect's temporary server)", "temp",
+         verdict("temp")),
         ("`audio-wgan precompute` after `audio-wgan server start`", "server",
          verdict("server")),
         ("unchanged re-run of the above", "unchanged", ""),

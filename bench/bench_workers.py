@@ -87,8 +87,8 @@ def linked_copies(files: list[tuple[Path, str]], dst: Path, copies: int) -> Path
 def main(argv: list[str] | None = None) -> int:
     from bench.bench_precompute import SHARED, compute_only, list_files
     from clips.features import FeatureExtractor  # noqa: F401 - warm imports, as the flow has
+    from clips.pools import default_workers
     from gan.spectral import MelConfig
-    from tasks.precompute import default_workers
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--datasets", nargs="+", default=["fsdd", "esc10"])

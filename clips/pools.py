@@ -55,6 +55,14 @@ if TYPE_CHECKING:  # torch comes with the extractor, when a file is first decode
 AUTO_PROCESSES_FILES = 5000
 
 
+def default_workers() -> int:
+    """One per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
 def resolve_pool(pool: str, files: int, workers: int, device: str) -> str:
     """The pool "auto" stands for with this many files, workers and mel device."""
     if pool != "auto":
@@ -129,6 +137,24 @@ class ThreadRunner:
 # modules (torch among them) once and runs no torch op: every worker then starts at once,
 # and a pool started again after a worker died imports nothing again.
 WORKER_PRELOAD = ["clips.features"]
+
+
+def warm_worker_processes(pool: str, workers: int | None, device: str) -> bool:
+    """Start the forkserver now (it imports WORKER_PRELOAD, torch among them, ~2-3 s, in
+    its own process) when this run may use worker processes: a command that waits for its
+    Prefect server fills the idle core with it, and the pool then starts at once. Whether
+    it was started."""
+    from gan.devices import device_name
+
+    n = default_workers() if workers is None else workers
+    if not (pool == "processes"
+            or (pool == "auto" and n > 1 and device_name(device) == "cpu")):
+        return False
+    from multiprocessing import forkserver
+
+    mp.get_context("forkserver").set_forkserver_preload(WORKER_PRELOAD)
+    forkserver.ensure_running()
+    return True
 
 
 class ProcessRunner:

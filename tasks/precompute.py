@@ -10,7 +10,6 @@ at most the batch in flight.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections import deque
 from concurrent.futures import Future
@@ -28,6 +27,7 @@ from clips.pools import (
     SourceMissingOnWorker,
     check_dask_address,
     dask_available,
+    default_workers,
     extract_runner,
     resolve_pool,
 )
@@ -88,13 +88,6 @@ def _retry_on_oserror(task_obj: Any, task_run: Any, state: Any) -> bool:
     except BaseException:  # noqa: BLE001 - anything else is not transient
         return False
     return False
-
-
-def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------- progress

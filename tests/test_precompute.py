@@ -288,6 +288,43 @@ def test_auto_pool_is_threads_for_small_jobs_and_processes_for_big_ones() -> Non
         assert resolve_pool(pool, 9800, 2, "cpu") == pool  # asked for: kept
 
 
+def test_warm_up_starts_the_forkserver_that_the_pool_then_forks_from() -> None:
+    """`warm_worker_processes` (run while a command waits for its Prefect server) starts
+    the forkserver only when the run may use processes, and the pool's workers are then
+    forked by that very forkserver (a fresh interpreter: the forkserver is per process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from clips.pools import ProcessRunner, warm_worker_processes\n"
+        "from gan.mel_config import MelConfig\n"
+        "def kids():\n"
+        "    out = set()\n"
+        "    for p in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        "            stat = open(f'/proc/{p}/stat').read()\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        if int(stat[stat.rindex(')') + 2:].split()[1]) == os.getpid():\n"
+        "            out.add(int(p))\n"
+        "    return out\n"
+        "refused = [warm_worker_processes('threads', 2, 'cpu'),\n"
+        "           warm_worker_processes('auto', 1, 'cpu'),\n"
+        "           warm_worker_processes('dask', 2, 'cpu')]\n"
+        "assert refused == [False] * 3 and not kids(), (refused, kids())\n"
+        "assert warm_worker_processes('auto', 2, 'cpu')\n"
+        "(server,) = [p for p in kids()  # beside it: multiprocessing's resource tracker\n"
+        "             if b'forkserver' in open(f'/proc/{p}/cmdline', 'rb').read()]\n"
+        "runner = ProcessRunner(MelConfig(), 'cpu', 1)\n"
+        "print(runner._pool.submit(os.getppid).result() == server)\n"
+        "runner.close()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True"]
+
+
 def test_auto_pool_past_its_threshold_runs_processes_with_the_same_rows(
         data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clips import pools

@@ -154,15 +154,15 @@ def flow_server(prepare: Callable[[bool], object] = lambda waits: None
         from prefect.settings import (
             PREFECT_API_URL,
             PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-            temporary_settings,
         )
 
-        configured = bool(PREFECT_API_URL.value())  # the profile names a server: it wins
-        if configured:
+        if PREFECT_API_URL.value():  # the active profile names a server: it wins
             url = None
-        waits = server is not None and not configured
-        prepare(waits)
-        if server is not None and waits:
+            if server is not None:
+                server.stop()
+                server = None
+        prepare(server is not None)
+        if server is not None:
             if server.ready(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()):
                 url = server.url
             else:  # Prefect's temporary server takes over: this one goes now
@@ -171,7 +171,7 @@ def flow_server(prepare: Callable[[bool], object] = lambda waits: None
         if url is None:
             yield None
             return
-        with _api_url(url, PREFECT_API_URL, temporary_settings):
+        with _api_url(url):
             yield url
     finally:
         if server is not None:
@@ -179,13 +179,15 @@ def flow_server(prepare: Callable[[bool], object] = lambda waits: None
 
 
 @contextlib.contextmanager
-def _api_url(url: str, setting: object, temporary_settings: Callable) -> Iterator[None]:
+def _api_url(url: str) -> Iterator[None]:
     """PREFECT_API_URL = `url` for this process (Prefect's temporary_settings, so the whole
     flow run sees it) and the processes it starts (torchrun ranks)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     old = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:
-        with temporary_settings(updates={setting: url}):
+        with temporary_settings(updates={PREFECT_API_URL: url}):
             yield
     finally:
         if old is None:

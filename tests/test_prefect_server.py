@@ -100,18 +100,22 @@ def bare_env(tmp_path: Path) -> dict[str, str]:
 
 
 def servers_of(home: Path) -> list[int]:
-    """Pids of the processes (other than this one) whose PREFECT_HOME is `home`."""
+    """Pids of the living `prefect server start` processes whose PREFECT_HOME is `home`
+    (not the command's forkserver or resource tracker, which share its environment and
+    leave on their own once it is gone)."""
     mark = f"PREFECT_HOME={home}".encode()
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit():
             continue
         try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
             environ = (entry / "environ").read_bytes().split(b"\0")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if mark in environ and state not in ("Z", "X"):
+        serves = b"server" in argv and b"start" in argv and b"prefect" in argv
+        if serves and mark in environ and state not in ("Z", "X"):
             found.append(int(entry.name))
     return found
 

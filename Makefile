@@ -1,15 +1,19 @@
-# Both entry points create or refresh .venv themselves; the stamp makes a no-change run instant.
+# Both entry points create or refresh .venv themselves, with exactly the versions in
+# requirements.lock (scripts/venv.sh); the stamp makes a no-change run instant.
+SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
 PYTEST_ARGS ?=
+# the lock: every extra, every platform (markers), the project's Python
+COMPILE = $(VENV)/bin/python -m uv pip compile pyproject.toml --extra dev --extra scale \
+  --universal --python-version 3.11 --no-emit-index-url --no-emit-find-links --quiet
 
-.PHONY: venv run test lint serve bench clean chromium
+.PHONY: venv run test lint serve bench clean chromium lock test-latest
 
-$(STAMP): pyproject.toml
-	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[dev,scale]'
+$(STAMP): pyproject.toml $(LOCK) scripts/venv.sh
+	PY=$(PY) bash scripts/venv.sh $(VENV) $(LOCK)
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,6 +33,22 @@ chromium:
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 
+# Upgrading is one deliberate step: `make lock` re-resolves requirements.lock to the newest
+# versions pyproject.toml allows; `make test-latest` runs the suite on them in a throw-away
+# venv (.venv-latest) first and prints what moved. Commit the new lock when it is green.
+lock: venv
+	$(COMPILE) --upgrade -o $(LOCK)
+	rm -f $(STAMP)
+
+test-latest: venv chromium
+	$(COMPILE) --upgrade -o .latest.lock
+	PY=$(PY) bash scripts/venv.sh .venv-latest .latest.lock
+	@echo "versions that differ from $(LOCK):"
+	@diff <(grep -E '^[A-Za-z0-9]' $(LOCK)) <(grep -E '^[A-Za-z0-9]' .latest.lock) \
+	  | sed -n 's/^> /  now /p; s/^< /  was /p' || true
+	.venv-latest/bin/ruff check .
+	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
@@ -39,4 +59,4 @@ bench: venv
 	$(VENV)/bin/python -m bench.run_all
 
 clean:
-	rm -rf work mlruns mlflow.db mlartifacts checkpoints samples .pytest_cache
+	rm -rf .venv-latest .latest.lock work mlruns mlflow.db mlartifacts checkpoints samples .pytest_cache

@@ -2,12 +2,19 @@
 straight from the SQLite database of the embedded default registry.
 
 `import mlflow` and its SQLAlchemy store take ~4 s here, most of a `models` call that only
-lists a few rows. For a `sqlite:///` registry whose schema this reader knows (the alembic
-revision below, which `tests/test_registry_listing.py` checks against the MLflow installed,
-and the default workspace), it answers from five read-only queries with the same rows as
+lists a few rows. For a `sqlite:///` registry whose schema this reader knows, and the
+default workspace, it answers from five read-only queries with the same rows as
 `storage.registry.list_versions`; for any other registry (a tracking server, PostgreSQL,
-another schema) `read_versions` returns None and the caller asks MLflow. The database is
-opened read-only (`mode=ro`), so a look never migrates, creates or locks it for writing.
+a schema without the tables and columns below) `read_versions` returns None and the caller
+asks MLflow. The database is opened read-only (`mode=ro`), so a look never migrates,
+creates or locks it for writing.
+
+The schema is recognised by what the reader uses (`READ_COLUMNS`), not by MLflow's alembic
+revision: MLflow migrates its schema in most releases (3.18.0 went from `dc11669786a5` to
+`f4a9b2c7d1e6` through three migrations, none touching these tables), and a revision list
+turned every such release into a silent fall-back to the slow path. `tests/test_registry_listing.py`
+proves against the MLflow installed that the rows equal MLflow's own client's, so a release
+that changes what these columns mean is caught by `make test-latest` before users meet it.
 """
 
 from __future__ import annotations
@@ -20,8 +27,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-# the schema revision (alembic head) of MLflow's SQL stores this reader was written against
-KNOWN_SCHEMA_REVISIONS = frozenset({"dc11669786a5"})
+# the tables and columns of MLflow's SQL store that the reader queries: a registry whose
+# schema lacks any of them is left to MLflow
+READ_COLUMNS: dict[str, frozenset[str]] = {
+    "registered_models": frozenset({"workspace", "name"}),
+    "registered_model_aliases": frozenset({"workspace", "name", "alias", "version"}),
+    "model_version_tags": frozenset({"workspace", "name", "version", "key", "value"}),
+    "model_versions": frozenset({"workspace", "name", "version", "run_id", "creation_time",
+                                 "status", "current_stage"}),
+    "latest_metrics": frozenset({"run_uuid", "key", "value", "is_nan"}),
+}
 # run metrics shown by `models` / list_versions (when present on the source run)
 KEY_METRICS = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein",
                "samples_per_s", "epoch")
@@ -80,9 +95,17 @@ def read_versions(name: str) -> list[dict[str, Any]] | None:
         con.close()
 
 
+def schema_known(con: sqlite3.Connection) -> bool:
+    """Every table and column the reader queries exists (PRAGMA table_info reads no rows)."""
+    for table, columns in READ_COLUMNS.items():
+        have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        if not columns <= have:
+            return False
+    return True
+
+
 def _read(con: sqlite3.Connection, name: str) -> list[dict[str, Any]] | None:
-    revs = {r[0] for r in con.execute("SELECT version_num FROM alembic_version")}
-    if not revs or not revs <= KNOWN_SCHEMA_REVISIONS:
+    if not schema_known(con):
         return None
     ws = DEFAULT_WORKSPACE
     if not con.execute("SELECT 1 FROM registered_models WHERE workspace = ? AND name = ?",

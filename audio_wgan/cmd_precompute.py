@@ -94,6 +94,10 @@ def command(
         help="drop the rows of replaced or deleted files by rewriting the live ones: auto "
         "(once they are a quarter of the store and fill a chunk), always, never (default "
         "auto; see also `audio-wgan compact`)")] = "auto",
+    allow_shrink: Annotated[bool, option(
+        "--allow-shrink", help="let this run drop more than half of the store's files "
+        "(their clips are gone from DATA_DIR); without it such a run is refused and writes "
+        "nothing, so a mistyped or half-mounted folder cannot empty a store")] = False,
     as_json: Annotated[bool, option("--json", help="print the summary as JSON")] = False,
 ) -> int:
     params = dict(locals())
@@ -139,7 +143,8 @@ def run(args: SimpleNamespace) -> int:
                                  batch_size=args.batch_size, workers=args.workers,
                                  device=args.device, pool=args.pool,
                                  compact=COMPACT[args.compact],
-                                 dask_address=args.dask_address)
+                                 dask_address=args.dask_address,
+                                 allow_shrink=args.allow_shrink)
     except (StoreError, PrecomputeError) as exc:
         raise UserError(safe_text(str(exc))) from None
     if args.json:
@@ -202,6 +207,11 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["compacted_rows"]:
         lines.append(f"compacted: dropped {s['compacted_rows']} rows of replaced or removed "
                      "files")
+    if s["removed"]:
+        shown = s["removed"][:20]
+        more = f" and {len(s['removed']) - 20} more" if len(s["removed"]) > 20 else ""
+        lines.append(f"dropped {len(s['removed'])} files gone from {s['data_dir']}: "
+                     + ", ".join(shown) + more)
     lines.append(f"store {'changed' if s['changed'] else 'unchanged'}, "
                  f"fingerprint {s['fingerprint']}")
     return "\n".join(lines)

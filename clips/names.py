@@ -7,6 +7,7 @@ nothing, never imports torch (`clips.features` does).
 from __future__ import annotations
 
 from gan.errors import one_line
+from gan.limits import MAX_CLASS_NAME
 
 # extensions of formats libsndfile reads (matched case-insensitively)
 AUDIO_EXTENSIONS = frozenset({
@@ -27,3 +28,21 @@ def reason_text(x: object) -> str:
     """An underlying error (libsndfile's, the OS's) as it goes into a rejection reason:
     one line, at most REASON_CHARS characters."""
     return one_line(x, REASON_CHARS)
+
+
+def class_name_problem(name: str) -> str:
+    """Why a class folder's name cannot name a class ("" when it can): a model carries its
+    class names in JSON, MLflow tags and request payloads, and prints them in one line, so
+    a name must be UTF-8 (no undecodable bytes), printable (no newline, tab or control
+    character) and at most MAX_CLASS_NAME characters: checked at precompute, so that no
+    store holds a class that training, export or serving would refuse later."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "class folder name is not UTF-8: rename the folder"
+    if not name.isprintable():
+        return "class folder name holds a non-printable character: rename the folder"
+    if len(name) > MAX_CLASS_NAME:
+        return (f"class folder name is longer than {MAX_CLASS_NAME} characters: rename "
+                "the folder")
+    return ""

@@ -6,11 +6,17 @@ non-audio files in class folders are reported as ignored; class folders without 
 audio file are reported as empty (no class is created for them). Symlinked files and
 folders are followed (loops are cut); a class folder that is a link to a folder outside
 DATA_DIR is taken in as that class and reported (`linked_classes`, in the summary and in
-`store-info`), so that data from elsewhere never enters a store unannounced. Names are
-whatever the file system holds: undecodable bytes travel as surrogate escapes (PEP 383),
-which `os` turns back into the same bytes, and the store writes them escaped
-(storage.file_names). The size+mtime check decides what must be re-read; content hashes
-then decide what really changed.
+`store-info`), so that data from elsewhere never enters a store unannounced. A link that
+leads back into DATA_DIR (or to a folder above it) is not followed and is reported as
+ignored: it would store the same clips twice, under another class. A class folder whose
+name is not a class name a model can carry (`clips.names.class_name_problem`: UTF-8,
+printable, at most MAX_CLASS_NAME characters) is reported as ignored, with the reason.
+File names are whatever the file system holds: undecodable bytes travel as surrogate
+escapes (PEP 383), which `os` turns back into the same bytes, and the store writes them
+escaped (storage.file_names). A folder that cannot be listed, or a file that cannot be
+stat'ed, is reported (`unreadable`) and counts as present: its kept rows are never dropped
+because of a failed look. The size+mtime check decides what must be re-read; content
+hashes then decide what really changed.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clips.names import is_audio_name, reason_text
+from clips.names import class_name_problem, is_audio_name, reason_text
 
 
 class PrecomputeError(ValueError):
@@ -45,7 +51,8 @@ class SourceFile:
 class ScanResult:
     files: list[SourceFile] = field(default_factory=list)  # sorted by path
     ignored: list[dict[str, str]] = field(default_factory=list)
-    unreadable: list[dict[str, str]] = field(default_factory=list)  # could not even stat
+    # could not even stat (a file) or list (a folder: "path/"): present, but unread
+    unreadable: list[dict[str, str]] = field(default_factory=list)
     class_dirs: list[str] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     # class folders that are links to folders outside DATA_DIR: {"class", "target"}
@@ -107,12 +114,19 @@ def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> Sc
         if skip is not None and os.path.realpath(entry.path) == skip:
             continue
         if _is_dir(entry):
-            res.class_dirs.append(entry.name)
+            problem = class_name_problem(entry.name)
+            if problem:
+                res.ignored.append({"path": entry.name + "/", "reason": problem})
+                continue
             target = os.path.realpath(entry.path)
+            if entry.is_symlink() and (_inside(real_root, target) or _inside(target, real_root)):
+                res.ignored.append({"path": entry.name + "/", "reason": LINK_BACK})
+                continue
+            res.class_dirs.append(entry.name)
             if entry.is_symlink() and os.path.commonpath([real_root, target]) != real_root:
                 res.linked_classes.append({"class": entry.name, "target": target})
             n_before = len(res.files) + len(res.unreadable)
-            _walk_class(root, entry.name, res)
+            _walk_class(root, real_root, entry.name, res)
             if len(res.files) + len(res.unreadable) == n_before:
                 res.empty_classes.append(entry.name)
         else:
@@ -121,18 +135,48 @@ def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> Sc
     return res
 
 
-def _walk_class(root: Path, cls: str, res: ScanResult) -> None:
+LINK_BACK = "a link back into the data folder (or above it): not followed"
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def links_back(real: str, real_root: str, real_base: str) -> bool:
+    """A folder (resolved: `real`) reached inside the class folder resolving to
+    `real_base` that is DATA_DIR, above it, elsewhere in it, or above its own class: its
+    clips are stored under their own class (or would loop), so it is not followed."""
+    return (_inside(real_root, real)
+            or (_inside(real, real_root) and not _inside(real, real_base))
+            or (real != real_base and _inside(real_base, real)))
+
+
+def _walk_class(root: Path, real_root: str, cls: str, res: ScanResult) -> None:
     seen: set[str] = set()
     base = str(root / cls)
-    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+    real_base = os.path.realpath(base)
+
+    def where_of(dirpath: str) -> str:
+        sub = dirpath[len(base):].strip(os.sep).replace(os.sep, "/")
+        return f"{cls}/{sub}/" if sub else f"{cls}/"
+
+    def unlisted(exc: OSError) -> None:
+        where = where_of(exc.filename) if isinstance(exc.filename, str) else f"{cls}/"
+        res.unreadable.append({"path": where, "reason": "folder unreadable: "
+                               f"{reason_text(exc.strerror or exc)}"})
+
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True, onerror=unlisted):
         real = os.path.realpath(dirpath)
+        prefix = where_of(dirpath)
+        if links_back(real, real_root, real_base):
+            res.ignored.append({"path": prefix, "reason": LINK_BACK})
+            dirnames[:] = []
+            continue
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        sub = dirpath[len(base):].strip(os.sep).replace(os.sep, "/")
-        prefix = f"{cls}/{sub}/" if sub else f"{cls}/"
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -166,7 +210,9 @@ def plan_changes(scan: ScanResult, known: dict[str, tuple[int, int, str]],
     """Diff a scan against the manifest's (size, mtime_ns, hash) per kept path, and its
     remembered rejections (`remembered_rejection`, made with `decoder`) per rejected path."""
     todo, unchanged, known_hash, kept_rejected = [], [], {}, []
-    present = set()
+    # what could not be stat'ed or listed counts as present: a failed look drops nothing
+    present = {u["path"] for u in scan.unreadable}
+    unlisted = tuple(p for p in present if p.endswith("/"))
     rejected = rejected or {}
     for f in scan.files:
         present.add(f.path)
@@ -182,6 +228,6 @@ def plan_changes(scan: ScanResult, known: dict[str, tuple[int, int, str]],
         if k is not None:
             known_hash[f.path] = k[2]
         todo.append(f)
-    removed = sorted(p for p in known if p not in present)
+    removed = sorted(p for p in known if p not in present and not p.startswith(unlisted))
     return Plan(scan=scan, todo=todo, known_hash=known_hash, unchanged=unchanged,
                 removed=removed, kept_rejected=kept_rejected)

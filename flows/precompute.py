@@ -28,8 +28,8 @@ from tasks.precompute import (
 def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
                batch_size: int = DEFAULT_BATCH_FILES, workers: int | None = None,
                device: str = "auto", pool: str = "auto",
-               compact: bool | None = None, dask_address: str | None = None
-               ) -> dict[str, Any]:
+               compact: bool | None = None, dask_address: str | None = None,
+               allow_shrink: bool = False) -> dict[str, Any]:
     """Scan DATA_DIR/<class>/**, compute log-mels of new/changed clips, update STORE.
 
     The parameters are `flows.precompute_params.PrecomputeParams` (checked first; a bad one
@@ -42,7 +42,9 @@ def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
     back to this flow's one store writer. The mel runs on `device` ("auto": the GPU when
     CUDA has one, else the CPU). Rows of replaced or deleted files are dropped by
     compaction when `compact` is True, or, when None, once they are a quarter of the store
-    and at least one chunk. Returns the run summary.
+    and at least one chunk. A run drops the rows of files gone from DATA_DIR only when it
+    succeeds, and never more than half of the store's files unless `allow_shrink`.
+    Returns the run summary.
     """
     started = time.time()
     p = validate_params({k: v for k, v in locals().items() if k != "started"}
@@ -53,7 +55,8 @@ def precompute(data_dir: str, store: str, mel: dict[str, Any] | None = None,
     # quote(): file lists can be long; Prefect need not walk them looking for futures
     summary = update_store(p.store, p.mel, quote(scan), p.data_dir, started,
                            batch_size=p.batch_size, workers=p.workers, device=p.device,
-                           pool=p.pool, dask_address=p.dask_address, compact=p.compact)
+                           pool=p.pool, dask_address=p.dask_address, compact=p.compact,
+                           allow_shrink=p.allow_shrink)
     publish_summary(quote(summary))
     raise_if_unusable(summary)
     return summary

@@ -43,6 +43,9 @@ class PrecomputeParams(BaseModel):
     pool: str = "auto"  # one of gan.limits.POOLS
     # drop dead rows: True, False, or None (once they are a quarter of the store)
     compact: bool | None = None
+    # drop more than tasks.precompute.MAX_SHRINK of the store's files in one run (their
+    # clips gone from DATA_DIR); refused otherwise, so a wrong folder cannot empty a store
+    allow_shrink: bool = False
     # the scheduler of an existing Dask cluster (pool "dask"), e.g. tcp://host:8786
     dask_address: str | None = None
 

@@ -91,7 +91,8 @@ class MelClassifier(nn.Module):
 
 def _unit_hash(text: str) -> float:
     """Deterministic uniform [0, 1) value for a string (not Python's salted hash())."""
-    h = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    # surrogateescape: a file name with undecodable bytes (PEP 383) hashes as its bytes
+    h = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(h, "big") / 2.0 ** 64
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_CLASS_NAME = 200  # characters: a class name travels in JSON, tags and one-line output
+
 
 class RangeError(ValueError):
     """A value outside its declared range (or not an integer); the message is one line."""

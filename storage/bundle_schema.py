@@ -30,14 +30,13 @@ from pydantic import (
 )
 from torch.overrides import TorchFunctionMode
 
-from gan.limits import EPOCH, check_trainable_mel
+from gan.limits import EPOCH, MAX_CLASS_NAME, check_trainable_mel
 from gan.models import PRESETS, Generator, get_preset
 from gan.spectral import LEGACY_POLICIES, MelConfig
 
 FORMAT_VERSION = 1
 MAX_META_BYTES = 8 << 20  # model.json: class names and two statistics per mel band
 MAX_CLASSES = 10_000
-MAX_CLASS_NAME = 200  # characters
 MAX_GENERATOR_PARAMS = 1 << 28  # 1 GiB of float32 weights; the seed preset has ~10.7 M
 WEIGHTS_SLACK_BYTES = 1 << 20  # torch.save's zip framing around the raw tensor bytes
 

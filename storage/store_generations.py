@@ -50,8 +50,8 @@ class ReaderLease:
 
     def acquire(self) -> ReaderLease:
         try:  # read-only is enough for flock: a lease file another user made works too
-            fd = os.open(lease_path(self.store, self.generation), os.O_RDONLY | os.O_CREAT,
-                         0o644)
+            fd = os.open(lease_path(self.store, self.generation),  # never through a link
+                         os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 return self  # read-only store: nobody can compact it either
@@ -136,7 +136,8 @@ def _unleased(path: Path, create: bool) -> Iterator[bool]:
     """Whether no reader holds the lease file `path`; if none does, readers wait until the
     block ends (the lease is held exclusively meanwhile)."""
     try:
-        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | (os.O_CREAT if create else 0), 0o644)
     except OSError:
         yield False
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 from types import TracebackType
 
@@ -32,7 +33,7 @@ class StoreLock:
 
     def acquire(self) -> StoreLock:
         self.store.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_link(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -67,6 +68,22 @@ class StoreLock:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def open_no_link(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:
+    """os.open that never goes through a link (a link planted in the store must not
+    redirect a write outside it) and opens only a regular file; StoreError in one line."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(f"{path} is a link: a store's files are never written through "
+                             "links; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file; remove it")
+    return fd
 
 
 def _read_holder(fd: int) -> str:

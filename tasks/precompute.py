@@ -45,8 +45,9 @@ from gan.limits import check_trainable_mel
 from gan.mel_config import MelConfig
 from report.progress import report
 from storage.store_backend import backend_for
+from storage.store_errors import StoreError
 from storage.store_lock import StoreLock
-from storage.store_manifest import Manifest
+from storage.store_manifest import Manifest, read_manifest
 from storage.store_settled import open_settled
 
 if TYPE_CHECKING:
@@ -54,8 +55,8 @@ if TYPE_CHECKING:
     from storage.store_writer import MelStoreWriter
 
 __all__ = [
-    "DataDirError", "NoUsableClipsError", "PrecomputeError", "StoreLock",
-    "check_mel", "check_params",
+    "DataDirError", "NoUsableClipsError", "PrecomputeError", "ShrinkRefused", "StoreLock",
+    "check_mel", "check_params", "check_shrink",
     "compute_and_append",
     "finalize_store", "publish_summary",
     "raise_if_unusable", "scan_sources", "update_store",
@@ -73,10 +74,41 @@ TAIL_BATCH_BYTES = 2 << 20
 MIN_IN_FLIGHT = 4  # per worker
 MAX_IN_FLIGHT = 512
 MAX_WORKER_DEATHS = 3  # in a row (processes, Dask): beyond that it is not one bad file
+# the share of a store's files one run may drop (their clips gone from DATA_DIR) without
+# `allow_shrink`: a mistyped, emptied or half-mounted data folder must not cost a store
+MAX_SHRINK = 0.5
 
 
 class NoUsableClipsError(PrecomputeError):
     """Not a single clip could be used."""
+
+
+class ShrinkRefused(PrecomputeError):
+    """The run would drop more of the store than MAX_SHRINK without `allow_shrink`."""
+
+
+def check_shrink(kept: int, dropping: int, allow_shrink: bool) -> None:
+    """Refuse (one line, before anything is written) a run that would drop more than
+    MAX_SHRINK of the store's `kept` files, unless the user allowed it."""
+    if allow_shrink or not kept or dropping <= MAX_SHRINK * kept:
+        return
+    raise ShrinkRefused(
+        f"this run would drop {dropping} of the store's {kept} files (gone from the data "
+        f"folder); nothing was written: check the data folder, or pass --allow-shrink "
+        f"(allow_shrink) to drop them")
+
+
+def check_shrink_before_writing(store: str, scan: ScanResult, allow_shrink: bool) -> None:
+    """`check_shrink` against the committed manifest before a writer opens the store (its
+    opening already writes); the writer checks again under its lock."""
+    if allow_shrink:
+        return
+    try:
+        m = read_manifest(store)
+    except (StoreError, OSError, ValueError, KeyError, TypeError):
+        return  # the writer refuses the store in one line
+    if m is not None:
+        check_shrink(len(m.files), len(plan_for(m, scan).removed), False)
 
 
 def _retry_on_oserror(task_obj: Any, task_run: Any, state: Any) -> bool:
@@ -126,8 +158,8 @@ def scan_sources(data_dir: str, store: str | None = None) -> ScanResult:
       retry_condition_fn=_retry_on_oserror, cache_policy=NO_CACHE)
 def update_store(store: str, mel: dict[str, Any] | None, scan: ScanResult, data_dir: str,
                  started: float, *, batch_size: int, workers: int | None, device: str,
-                 pool: str, dask_address: str | None, compact: bool | None
-                 ) -> dict[str, Any]:
+                 pool: str, dask_address: str | None, compact: bool | None,
+                 allow_shrink: bool = False) -> dict[str, Any]:
     """Bring the store up to date with `scan` as its one writer, and return the summary.
 
     The writer (and the lock or lease it holds) lives inside this task only: it opens or
@@ -138,6 +170,11 @@ def update_store(store: str, mel: dict[str, Any] | None, scan: ScanResult, data_
     A settled store (`storage.store_settled`) whose kept files, remembered rejections and
     reports the scan leaves as they are is answered from its manifest, under the writer's
     lock, without opening a writer (nor importing Zarr): the scheduled retrain's usual case.
+
+    A store only ever gains or replaces rows through a run that succeeds: files gone from
+    DATA_DIR are dropped at the end of a run that found usable clips, never more than
+    MAX_SHRINK of the store's files unless `allow_shrink` (`check_shrink`), and a run
+    that fails or ends without a usable clip drops nothing.
     """
     settled = open_settled(store, mel)
     if settled is not None:
@@ -150,12 +187,14 @@ def update_store(store: str, mel: dict[str, Any] | None, scan: ScanResult, data_
             lock.release()
         if summary is not None:
             return summary
+    check_shrink_before_writing(store, scan, allow_shrink)
     from storage.store_writer import MelStoreWriter  # Zarr and numpy: a store to write
 
     writer = MelStoreWriter.create_or_open(store, mel)
     try:
         result = compute_and_append(writer, scan, batch_size=batch_size, workers=workers,
-                                    device=device, pool=pool, dask_address=dask_address)
+                                    device=device, pool=pool, dask_address=dask_address,
+                                    allow_shrink=allow_shrink)
         return finalize_store(writer, result, data_dir, started, compact=compact)
     finally:
         writer.close()
@@ -168,6 +207,8 @@ class ComputeResult:
     replaced: list[str] = field(default_factory=list)
     touched: list[str] = field(default_factory=list)  # same content, new size/mtime stat
     removed: list[str] = field(default_factory=list)
+    # kept files to drop at the end of a run that succeeds: rejected now, or vanished
+    dropping: list[str] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     new_rows: int = 0
     processed: int = 0  # files read (hashed, and decoded unless unchanged)
@@ -187,21 +228,25 @@ def plan_for(manifest: Manifest, scan: ScanResult) -> Plan:
 
 def compute_and_append(writer: MelStoreWriter, scan: ScanResult, *, batch_size: int,
                        workers: int | None, device: str, pool: str,
-                       dask_address: str | None) -> ComputeResult:
+                       dask_address: str | None, allow_shrink: bool = False
+                       ) -> ComputeResult:
     """Diff the scan against the manifest (new, changed by size/mtime, unchanged, removed),
     then decode + resample + mel every file to do, appending and committing per batch
     (`batch_size` files or BATCH_BYTES of rows, whichever comes first). Files run on
     `workers` threads or worker processes, or on a Dask cluster (`pool`, see
     clips.pools; `dask_address`: an existing one); the mel runs on `device`
-    ("auto": the GPU when CUDA has one)."""
+    ("auto": the GPU when CUDA has one).
+
+    Files gone from DATA_DIR, and kept files that are now rejected or vanished, are
+    dropped only at the end (`_drop_at_end`), so that a run that fails midway or ends with
+    no usable clip never costs the store a row."""
     workers = int(workers or default_workers())
     t0 = time.perf_counter()
     plan = plan_for(writer.manifest, scan)
+    check_shrink(len(writer.manifest.files), len(plan.removed), allow_shrink)
     res = ComputeResult(plan=plan, workers=workers, device=device, pool=pool)
-    for path in plan.removed:
-        if writer.remove([path]):
-            res.removed.append(path)
     if not plan.todo:  # nothing to read: no device, no pool, and torch is never imported
+        _drop_at_end(writer, res)
         writer.commit()
         res.seconds = time.perf_counter() - t0
         return res
@@ -297,9 +342,24 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult, *, batch_size: 
                     res.processed += len(batch)
                     batch, batch_bytes = [], 0
                     progress.update(res.processed, writer.live_rows(), final=last)
+    _drop_at_end(writer, res)
     writer.commit()
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _drop_at_end(writer: MelStoreWriter, res: ComputeResult) -> None:
+    """Stop serving the files gone from DATA_DIR and the kept ones now rejected, unless
+    that would leave the store without a row: then the run fails and drops nothing."""
+    files = writer.manifest.files
+    drop = [p for p in dict.fromkeys([*res.plan.removed, *res.dropping]) if p in files]
+    if drop and files and sum(files[p].n_rows for p in drop) >= writer.live_rows():
+        raise NoUsableClipsError(
+            f"no usable clip left: this run would drop all {len(drop)} files of the store "
+            f"({drop[0]}, ...); nothing was dropped")
+    for path in drop:
+        if writer.remove([path]):
+            res.removed.append(path)
 
 
 def _file_job(f: Any, plan: Plan) -> FileJob:
@@ -349,10 +409,10 @@ def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult
         elif o.status == "rejected":
             res.rejected.append(remembered_rejection(o.path, o.reason, o.size, o.mtime_ns,
                                                      decoder_version(), o.by_content))
-            if writer.remove([o.path]):  # a kept file that went bad stops being served
-                res.removed.append(o.path)
-        elif o.status == "vanished" and writer.remove([o.path]):
-            res.removed.append(o.path)
+            if o.path in kept:  # a kept file that went bad stops being served (at the end)
+                res.dropping.append(o.path)
+        elif o.status == "vanished" and o.path in kept:
+            res.dropping.append(o.path)
     res.new_rows += writer.append(new)
 
 
@@ -429,6 +489,7 @@ def _summary(store: str, m: Manifest, result: ComputeResult, rejected: list[dict
         "added_files": len(result.added),
         "replaced_files": len(result.replaced),
         "removed_files": len(result.removed),
+        "removed": sorted(result.removed),  # the scan found them gone, or now rejected
         "unchanged_files": len(plan.unchanged) + len(result.touched),
         "processed_files": result.processed,
         "new_rows": result.new_rows,

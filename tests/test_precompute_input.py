@@ -6,7 +6,6 @@ against CPU rows where a CUDA GPU exists."""
 from __future__ import annotations
 
 import builtins
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from clips.scan import LINK_BACK
 from storage.mel_store import MelStore
 
 MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32, "frames": 32}
@@ -40,7 +40,11 @@ def last_err_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_names_that_are_not_utf8_are_stored_reported_and_rerun(
         tmp_path: Path, write_tone: Callable[..., Path],
         capsys: pytest.CaptureFixture[str]) -> None:
+    """A file name with undecodable bytes is stored (escaped, lossless) and splits for
+    training; a class folder whose name is not UTF-8 is no class (a model carries its class
+    names in JSON and tags): ignored, with the reason."""
     from audio_wgan.cli import main
+    from gan.classifier import split_by_source
 
     data = tmp_path / "d"
     write_tone("dog/ok.wav", seconds=0.5, root=data)
@@ -54,24 +58,25 @@ def test_names_that_are_not_utf8_are_stored_reported_and_rerun(
     assert os.path.exists(os.fsencode(data / "dog") + b"/\xff\xfe.wav")
     store = tmp_path / "s"
     s = run(data, store)
-    assert s["files"] == 3 and s["rows"] == 6  # the valid files of the batch are committed
+    assert s["files"] == 2 and s["rows"] == 4  # the valid files of the batch are committed
     assert [r["path"] for r in s["rejected"]] == [os.fsdecode(b"dog/junk\xff.wav")]
+    assert {"path": f"{bad_class}/", "reason": "class folder name is not UTF-8: rename the "
+            "folder"} in s["ignored"]
     with MelStore.open(store) as st:
-        assert {e.path for e in st.files()} == {"dog/ok.wav", f"dog/{BAD_NAME}",
-                                                f"{bad_class}/c.wav"}
-        assert set(st.classes) == {"dog", bad_class}
+        assert {e.path for e in st.files()} == {"dog/ok.wav", f"dog/{BAD_NAME}"}
+        assert set(st.classes) == {"dog"}
+        sources = [e.path for e in st.files()]
+    parts = split_by_source(sources * 2, np.zeros(4, dtype=np.int64))  # train's split
+    assert len(parts) == 4
     raw = (store / "manifest.json").read_bytes()
-    assert b'"dog/\\\\xff\\\\xfe.wav"' in raw and b'"cat\\\\xe9"' in raw  # escaped, lossless
+    assert b'"dog/\\\\xff\\\\xfe.wav"' in raw and b'"cat\\\\xe9/"' in raw  # escaped, lossless
     again = run(data, store)  # re-run: the names match what the scan finds
     # nothing read: the rejected file (not audio: its bytes decide) is remembered by name
     assert again["processed_files"] == 0 and not again["changed"]
     assert [r["path"] for r in again["rejected"]] == [os.fsdecode(b"dog/junk\xff.wav")]
     assert main(["store-info", str(store)]) == 0
     text = capsys.readouterr().out
-    assert "dog/junk\\xff.wav:" in text and "cat\\xe9" in text
-    assert main(["store-info", str(store), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert "cat\\xe9" in info["classes"]
+    assert "dog/junk\\xff.wav:" in text and "cat\\xe9/" in text
     os.unlink(os.fsencode(data / "dog") + b"/\xff\xfe.wav")  # a deleted file stops serving
     assert run(data, store)["removed_files"] == 1
 
@@ -133,7 +138,9 @@ def test_a_class_folder_linked_from_outside_data_dir_is_followed_and_reported(
     (data / "linked").symlink_to(tmp_path / "outside" / "elsewhere", target_is_directory=True)
     (data / "inner").symlink_to(data / "inside", target_is_directory=True)  # stays inside
     s = run(data, tmp_path / "s")
-    assert s["classes"] == {"inside": 2, "linked": 2, "inner": 2}
+    # a link back into DATA_DIR would store inside's clips twice, as class "inner"
+    assert s["classes"] == {"inside": 2, "linked": 2}
+    assert {"path": "inner/", "reason": LINK_BACK} in s["ignored"]
     target = str((tmp_path / "outside" / "elsewhere").resolve())
     assert s["linked_classes"] == [{"class": "linked", "target": target}]
     with MelStore.open(tmp_path / "s") as st:

@@ -1,0 +1,156 @@
+"""A store only ever gains or replaces rows through a run that succeeds: a mistyped, emptied,
+half-mounted or unreadable data folder, or one whose clips all went bad, never costs a user
+their store; links back into the data folder never store clips twice; a planted link never
+redirects the store's lock outside it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hostile_checks import refused
+
+from clips.scan import LINK_BACK, plan_changes, scan_data_dir
+from storage.mel_store import MelStore
+
+MEL_ARGS = ["--sample-rate", "8000", "--n-fft", "256", "--hop-length", "64", "--n-mels", "32",
+            "--frames", "32"]
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def precompute(data: Path, store: Path, *extra: str) -> int:
+    from audio_wgan.cli import main
+
+    return main(["precompute", str(data), "--store", str(store), *MEL_ARGS, *extra])
+
+
+def live(store: Path) -> tuple[int, set[str]]:
+    with MelStore.open(store) as st:
+        return len(st), {e.path for e in st.files()}
+
+
+@pytest.fixture
+def store(tmp_path: Path, write_tone: Callable[..., Path]) -> Path:
+    """A store of 4 files (2 classes, 8 rows) made from tmp_path/d."""
+    for i in range(4):
+        write_tone(f"{'ab'[i % 2]}/t{i}.wav", seconds=0.5, freq=300 + 100 * i,
+                   root=tmp_path / "d")
+    s = tmp_path / "s.zarr"
+    assert precompute(tmp_path / "d", s) == 0
+    assert live(s)[0] == 8
+    return s
+
+
+@pytest.mark.parametrize("compact", ["auto", "always"])
+def test_an_empty_or_wrong_folder_leaves_the_store_untouched(
+        tmp_path: Path, store: Path, write_tone: Callable[..., Path],
+        capsys: pytest.CaptureFixture[str], compact: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk" / "a").mkdir(parents=True)
+    (tmp_path / "junk" / "a" / "x.wav").write_bytes(b"not audio")
+    write_tone("a/other.wav", seconds=0.5, root=tmp_path / "other")  # 1 new, drops 4 of 4
+    for folder in ("empty", "junk", "other"):
+        line = refused(capsys, ["precompute", str(tmp_path / folder), "--store", str(store),
+                                "--compact", compact], store)
+        assert line.startswith("audio-wgan precompute: error: this run would drop 4 of the "
+                               "store's 4 files"), line
+        assert "--allow-shrink" in line
+    assert live(store) == (8, {"a/t0.wav", "a/t2.wav", "b/t1.wav", "b/t3.wav"})
+
+
+def test_a_small_drop_is_made_and_stated_a_large_one_needs_allow_shrink(
+        tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "d"
+    (data / "a" / "t0.wav").unlink()
+    capsys.readouterr()
+    assert precompute(data, store) == 0
+    out = capsys.readouterr().out
+    assert f"dropped 1 files gone from {data}: a/t0.wav" in out
+    assert live(store)[1] == {"a/t2.wav", "b/t1.wav", "b/t3.wav"}
+    (data / "b" / "t1.wav").unlink()
+    (data / "b" / "t3.wav").unlink()
+    line = refused(capsys, ["precompute", str(data), "--store", str(store)], store)
+    assert "would drop 2 of the store's 3 files" in line
+    assert precompute(data, store, "--allow-shrink", "--json") == 0
+    assert live(store) == (2, {"a/t2.wav"})
+
+
+def test_clips_that_all_went_bad_drop_nothing(
+        tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Same names, garbage content: every kept file is rejected, so the run fails (one
+    line, exit 2) and the store still serves every row it had."""
+    for p in (tmp_path / "d").rglob("*.wav"):
+        p.write_bytes(b"garbage, not audio at all")
+    capsys.readouterr()
+    assert precompute(tmp_path / "d", store) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("audio-wgan precompute: error: no usable clip left"), line
+    assert live(store) == (8, {"a/t0.wav", "a/t2.wav", "b/t1.wav", "b/t3.wav"})
+
+
+def test_a_folder_that_cannot_be_listed_drops_nothing(
+        tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class folder whose listing fails (I/O error of a half-mounted share; injected, as
+    CI runs as root) is reported unreadable and its kept files are not 'gone'."""
+    real_scandir = os.scandir
+    broken = str(tmp_path / "d" / "b")
+
+    def scandir(path: object = ".") -> object:
+        if os.fspath(path) == broken:
+            raise OSError(5, "Input/output error", broken)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    scan = scan_data_dir(tmp_path / "d")
+    monkeypatch.undo()
+    assert scan.unreadable == [{"path": "b/", "reason": "folder unreadable: Input/output "
+                                "error"}]
+    with MelStore.open(store) as st:
+        known = {e.path: (0, 0, e.hash) for e in st.files()}
+    assert plan_changes(scan, known).removed == []
+
+
+def test_links_back_into_the_data_folder_are_not_followed(
+        tmp_path: Path, write_tone: Callable[..., Path]) -> None:
+    data = tmp_path / "d"
+    write_tone("a/x.wav", seconds=0.5, root=data)
+    write_tone("b/y.wav", seconds=0.5, freq=600, root=data)
+    (data / "a" / "loop").symlink_to("../../d", target_is_directory=True)
+    (data / "a" / "sib").symlink_to("../b", target_is_directory=True)
+    (data / "up").symlink_to("..", target_is_directory=True)
+    (data / "c").symlink_to("b", target_is_directory=True)
+    scan = scan_data_dir(data)
+    assert [f.path for f in scan.files] == ["a/x.wav", "b/y.wav"]
+    ignored = {r["path"] for r in scan.ignored if r["reason"] == LINK_BACK}
+    assert ignored == {"a/loop/", "a/sib/", "up/", "c/"}
+    assert scan.class_dirs == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", ["x" * 250, "new\nline", "tab\there", "bell\x07"])
+def test_class_names_no_model_can_carry_are_refused_at_precompute(
+        tmp_path: Path, write_tone: Callable[..., Path], name: str) -> None:
+    data = tmp_path / "d"
+    write_tone("ok/x.wav", seconds=0.5, root=data)
+    write_tone("tmp/y.wav", seconds=0.5, freq=600, root=data)
+    os.rename(data / "tmp", data / name)
+    scan = scan_data_dir(data)
+    assert [f.path for f in scan.files] == ["ok/x.wav"]
+    (entry,) = [r for r in scan.ignored if r["path"] == name + "/"]
+    assert entry["reason"].startswith("class folder name ")
+
+
+def test_a_link_planted_as_the_lock_file_is_refused(
+        tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    outside = tmp_path / "victim.txt"
+    outside.write_text("precious\n")
+    lock = store / ".precompute.lock"
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(outside)
+    line = refused(capsys, ["precompute", str(tmp_path / "d"), "--store", str(store)],
+                   outside)
+    assert "is a link" in line, line
+    assert outside.read_text() == "precious\n"
+    assert live(store)[0] == 8

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import importlib
 import os
 import sys
@@ -75,6 +76,10 @@ def build_command(only: str | None = None):  # noqa: ANN201 - typer's click grou
     return typer.main.get_command(build_app(only))
 
 
+# a full disk, a quota, a read-only file system: the machine's state, not a bug
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code is returned (click's refusals included), so that the
     command can be called in-process exactly as the console script runs it."""
@@ -100,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted:
         fail(f"{PROG} {command}: interrupted")
         return 130
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        where = f": {os.fsdecode(exc.filename)}" if exc.filename else ""
+        fail(f"{PROG} {command}: error: {exc.strerror or exc}{where}")
+        return 2
 
 
 def run_group(group, argv: list[str], command: str | None = None  # noqa: ANN001

@@ -39,9 +39,8 @@ def command(
 
 
 def run(args: SimpleNamespace) -> int:
-    import soundfile as sf
-
     from audio_wgan.command import UserError
+    from storage.atomic_files import atomic_wav
     from storage.model_bundle import synthesise
 
     out = output_dir(args.out, "--out")
@@ -62,7 +61,7 @@ def run(args: SimpleNamespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         for i, wave in enumerate(waves):
             path = out / f"{safe}_{i}.wav"
-            sf.write(path, wave.numpy(), sr, subtype="PCM_16")
+            atomic_wav(path, wave.numpy(), sr)  # whole or absent, even on a full disk
             written.append(path)
     except (OSError, RuntimeError) as exc:  # soundfile reports a failed write as RuntimeError
         for path in written:  # nothing half-written: the clips of this call, or none

@@ -40,7 +40,11 @@ def command(
     nproc: Annotated[int, option(
         "--nproc", metavar="N", help="train on N data-parallel ranks launched with torchrun "
         "(CUDA: one GPU per rank, NCCL; CPU: gloo); the effective batch is N x --batch-size "
-        "(default 1: this process)")] = 1,
+        "(default 1: this process); at most one rank per CUDA device, or per CPU core "
+        "without one, unless --force-nproc")] = 1,
+    force_nproc: Annotated[bool, option(
+        "--force-nproc", help="launch --nproc ranks even when the machine has fewer CUDA "
+        "devices (or CPU cores)")] = False,
     max_minutes: Annotated[float | None, option(
         "--max-minutes", metavar="M", help="stop at the first epoch boundary after M "
         "minutes of training, then checkpoint, render and register as usual")] = None,
@@ -96,7 +100,8 @@ def run(args: SimpleNamespace) -> int:
                 warm_start=args.warm_start, model_name=args.model_name,
                 experiment=args.experiment, register=not args.no_register, device=args.device,
                 memory_budget_mb=args.memory_budget_mb, show_progress=not args.quiet,
-                max_minutes=args.max_minutes, nproc=args.nproc)
+                max_minutes=args.max_minutes, nproc=args.nproc,
+                force_nproc=args.force_nproc)
     except (TrainingError, CheckpointError, RegistryError, StoreError) as exc:
         lines = str(exc).strip().splitlines()
         raise UserError(lines[0] if lines else type(exc).__name__) from None

@@ -362,7 +362,13 @@ class FeatureExtractor:
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`features` plus their `mel_sums` (float64 (K, 2, n_mels)), for the statistics."""
         mels, offsets = self.features(wave)
-        return mels, offsets, mel_sums(mels)
+        sums = mel_sums(mels)
+        # float64 sums of float16 values are finite exactly when every value is: finite
+        # samples far beyond [-1, 1] (a float WAV of 1e30) overflow the mel
+        if not np.isfinite(sums).all():
+            raise ClipRejected("its log-mel is not finite (samples far outside [-1, 1]?)",
+                               by_content=True)
+        return mels, offsets, sums
 
     def extract(self, abs_path: str, path: str, class_name: str, size: int, mtime_ns: int,
                 known_hash: str | None = None) -> Extracted:

@@ -14,6 +14,8 @@ from prefect import flow
 
 from flows.defaults import CHECKPOINT_DIR, DEFAULT_PRESET, EXPERIMENT, MODEL_NAME, STORE
 from flows.train_params import TrainParams, validate_params  # noqa: F401  (re-exported)
+from gan.devices import nproc_problem
+from gan.errors import TrainingError
 from gan.trainer import TrainConfig
 from tasks import tracking
 from tasks.train import (
@@ -40,7 +42,8 @@ def train(store: str = STORE, preset: str = DEFAULT_PRESET, epochs: int = 100,
           show_progress: bool = False, samples_dir: str | None = None, render: bool = True,
           render_per_class: int = 4, griffin_lim_iters: int = 32,
           cpu_threads: int = 1, max_minutes: float | None = None,
-          nproc: int = 1, block_retries: int = 0) -> dict[str, Any]:
+          nproc: int = 1, force_nproc: bool = False, block_retries: int = 0
+          ) -> dict[str, Any]:
     """Train (or resume) to `epochs`, register the EMA generator; return a summary dict.
 
     Every `sample_every` epochs and at the end, the fixed latent grid is rendered with the EMA
@@ -53,11 +56,15 @@ def train(store: str = STORE, preset: str = DEFAULT_PRESET, epochs: int = 100,
     training (wall clock, data loading excluded); the run then checkpoints, renders and
     registers as usual. `nproc` > 1 trains each block on that many ranks launched with
     `torchrun --standalone` (DDP: NCCL and one GPU per rank on CUDA, gloo on the CPU); the
-    effective batch is nproc x batch_size. Blocks hand each other checkpoint files (path +
+    effective batch is nproc x batch_size; more ranks than the machine's CUDA devices (or
+    CPU cores) are refused unless `force_nproc`. Blocks hand each other checkpoint files (path +
     SHA-256); `block_retries` runs a block that failed for a transient reason again from
     its input checkpoint, which ends where a first try would have.
     """
     p = validate_params(dict(locals()))
+    problem = nproc_problem(p.nproc, p.device, p.force_nproc)
+    if problem:
+        raise TrainingError(problem)
     cfg = p.train_config()
     set_cpu_threads(cfg.device, p.cpu_threads)
     try:

@@ -33,6 +33,8 @@ class TrainParams(BaseModel):
     max_minutes: float | None = Field(None, gt=0, le=1_000_000)
     # ranks of a data-parallel run under torchrun (1: this process alone)
     nproc: int = Field(1, ge=1, le=64)
+    # launch more ranks than the machine has CUDA devices (or CPU cores) all the same
+    force_nproc: bool = False
     batch_size: int = Field(64, ge=1, le=65536)
     seed: int = Field(0, ge=0, lt=2**63)
     checkpoint_dir: str = Field(CHECKPOINT_DIR, min_length=1)

@@ -59,3 +59,29 @@ def resolve_device(name: str | torch.device) -> torch.device:
             raise ValueError(f"device {str(name)!r} asked for but this machine has "
                              f"{torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+def rank_capacity(device: str) -> tuple[int, str]:
+    """How many data-parallel ranks this machine holds for `device`: one per CUDA device,
+    else one per CPU core this process may run on."""
+    if device_name(device) != "cpu":
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            import torch
+
+            return torch.cuda.device_count(), "CUDA device(s)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return cores or os.cpu_count() or 1, "CPU core(s)"
+
+
+def nproc_problem(nproc: int, device: str, force: bool) -> str:
+    """Why `nproc` ranks would overrun this machine ("" when they fit, or when forced):
+    each rank holds a model, its optimiser and a share of the data, so 64 ranks on 2 cores
+    exhaust the memory of the whole machine before the first step."""
+    if nproc <= 1 or force:
+        return ""
+    have, what = rank_capacity(device)
+    if nproc <= have:
+        return ""
+    return (f"--nproc {nproc} asks for more ranks than this machine has {what} ({have}); "
+            "pass --force-nproc (force_nproc) to launch them anyway")

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gan.spectral import MelConfig, mel_band_edges_hz
+from storage.atomic_files import atomic_figure
 
 CMAP = "magma"
 DB_RANGE = 80.0  # colour scale spans the loudest value down to 80 dB below it
@@ -73,10 +74,7 @@ def plot_mel_grid(db: torch.Tensor, class_names: Sequence[str], per_class: int,
     cbar = fig.colorbar(image, cax=cax)
     cbar.set_label("dB", fontsize=8)
     cbar.ax.tick_params(labelsize=7)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return atomic_figure(Path(path), lambda f: fig.savefig(f, format="png"))
 
 
 def save_mel_thumbnail(db: torch.Tensor | np.ndarray, path: str | Path, vmin: float,
@@ -86,10 +84,8 @@ def save_mel_thumbnail(db: torch.Tensor | np.ndarray, path: str | Path, vmin: fl
     `imsave` writes the array directly, which is ~100x faster than a figure per clip.
     """
     arr = db.detach().cpu().float().numpy() if isinstance(db, torch.Tensor) else np.asarray(db)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    mpimg.imsave(out, arr, cmap=CMAP, vmin=vmin, vmax=vmax, origin="lower")
-    return out
+    return atomic_figure(Path(path), lambda f: mpimg.imsave(
+        f, arr, cmap=CMAP, vmin=vmin, vmax=vmax, origin="lower", format="png"))
 
 
 def plot_loss_curve(history: Sequence[dict[str, float]], path: str | Path,
@@ -137,7 +133,4 @@ def plot_loss_curve(history: Sequence[dict[str, float]], path: str | Path,
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return atomic_figure(Path(path), lambda f: fig.savefig(f, format="png"))

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 TMP_PREFIX = ".tmp-"
 
@@ -49,6 +49,21 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], durable: bool 
 
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = False) -> Path:
     return atomic_write(path, lambda f: f.write(data), durable)
+
+
+def atomic_wav(path: Path, wave: Any, sample_rate: int) -> Path:
+    """A 16-bit PCM WAV (samples (frames,) or (frames, channels)) that appears whole or
+    not at all: a full disk or a kill leaves no empty or truncated clip."""
+    import soundfile as sf
+
+    return atomic_write(path, lambda f: sf.write(f, wave, sample_rate, subtype="PCM_16",
+                                                 format="WAV"))
+
+
+def atomic_figure(path: Path, save: Callable[[BinaryIO], object]) -> Path:
+    """A picture `save(fileobj)` writes (a PNG from matplotlib), whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, save)
 
 
 def remove_temps(d: Path, name: str = "") -> None:

@@ -9,6 +9,7 @@ holds a state_dict and plain metadata, loaded with `weights_only=True`.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,8 +101,9 @@ def load_or_train_classifier(store: MelStore, cfg: ClassifierConfig | None = Non
             model.load_state_dict(payload["state_dict"])
             return StoreClassifier(model.to(device).eval(), parts, normaliser,
                                    dict(payload["meta"]), path, cached=True)
-        except (RuntimeError, KeyError, ValueError, TypeError, EOFError, OSError):
-            pass  # unreadable or stale: retrain and overwrite
+        except (RuntimeError, KeyError, ValueError, TypeError, EOFError, OSError,
+                pickle.UnpicklingError):  # a pickled object: weights_only refused to run it
+            pass  # unreadable, foreign or stale: retrain and overwrite
 
     t0 = time.perf_counter()
     fit_idx = np.flatnonzero(parts == FIT)

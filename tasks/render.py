@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -44,6 +43,7 @@ from report.gallery import (
 from report.plots import db_limits, plot_loss_curve, plot_mel_grid, save_mel_thumbnail
 from report.progress import report
 from report.run_context import in_prefect_run
+from storage.atomic_files import atomic_wav
 from storage.model_bundle import GeneratorBundle
 
 DEFAULT_SEED = 1234
@@ -120,7 +120,7 @@ def render(generator_or_bundle: Generator | GeneratorBundle,
         c, k = int(labels[i]), i % per_class
         wav = root / AUDIO_DIR / dirs[c] / f"{tag}_{k}.wav"
         wav.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(wav, waves[i], cfg.sample_rate, subtype="PCM_16")
+        atomic_wav(wav, waves[i], cfg.sample_rate)
         audio.append(str(wav))
         thumbs.append(str(save_mel_thumbnail(db[i], root / THUMB_DIR / dirs[c] / f"{tag}_{k}.png",
                                              vmin, vmax)))
@@ -173,7 +173,7 @@ def _write_real(real: tuple[torch.Tensor, torch.Tensor] | None, dirs: list[str],
         k, seen[c] = seen[c], seen[c] + 1
         wav = root / REAL_AUDIO_DIR / dirs[c] / f"real_{k}.wav"
         wav.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(wav, waves[i], cfg.sample_rate, subtype="PCM_16")
+        atomic_wav(wav, waves[i], cfg.sample_rate)
         save_mel_thumbnail(db[i], root / REAL_THUMB_DIR / dirs[c] / f"real_{k}.png", vmin,
                            vmax)
         out.append(str(wav))

@@ -72,3 +72,21 @@ def _one_torch_thread() -> Iterator[None]:
     from registry_fixtures import one_torch_thread
 
     yield from one_torch_thread()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (a disk that fills up for real: ENOSPC from the kernel), mounted
+    where the test can (root, a kernel that allows it); skipped elsewhere."""
+    import subprocess
+
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()[:200]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

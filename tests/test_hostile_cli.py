@@ -176,3 +176,20 @@ def test_run_checks_training_knobs_before_the_pipeline(extra: list[str], reason:
     line = refused(capsys, ["run", "--data-dir", str(data), "--store", str(store), *extra],
                    tmp_path)
     assert reason in line, line
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_more_ranks_than_the_machine_holds_are_refused_unless_forced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --nproc 64` on a machine of a few cores (no GPU) would start 64 ranks of
+    ~340 MB each: refused in one line before the store is read or a rank starts."""
+    from gan.devices import nproc_problem, rank_capacity
+
+    have, what = rank_capacity("cpu")
+    assert nproc_problem(have, "cpu", False) == "" and nproc_problem(have + 1, "cpu", True) == ""
+    ck = tmp_path / "ck"
+    line = refused(capsys, ["train", "--store", str(tmp_path / "none.zarr"), "--device", "cpu",
+                            "--nproc", str(have + 1), "--checkpoint-dir", str(ck)], tmp_path)
+    assert line == (f"audio-wgan train: error: --nproc {have + 1} asks for more ranks than "
+                    f"this machine has {what} ({have}); pass --force-nproc (force_nproc) to "
+                    "launch them anyway"), line

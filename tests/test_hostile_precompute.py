@@ -154,3 +154,29 @@ def test_a_link_planted_as_the_lock_file_is_refused(
     assert "is a link" in line, line
     assert outside.read_text() == "precious\n"
     assert live(store)[0] == 8
+
+
+def test_finite_samples_that_overflow_the_mel_are_rejected_by_name(
+        tmp_path: Path, write_tone: Callable[..., Path]) -> None:
+    """A float WAV of ~1e30 samples is finite but overflows the log-mel: the file is
+    rejected with its reason, and the store's statistics stay finite."""
+    import numpy as np
+    import soundfile as sf
+
+    from flows.precompute import precompute as flow
+
+    data = tmp_path / "d"
+    write_tone("a/ok.wav", seconds=0.5, root=data)
+    (data / "b").mkdir()
+    sf.write(data / "b" / "huge.wav", np.full(4000, 1e30, dtype=np.float32), 8000,
+             subtype="FLOAT")
+    write_tone("b/fine.wav", seconds=0.5, freq=700, root=data)
+    mel = {"sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32, "frames": 32}
+    s = flow(str(data), str(tmp_path / "s"), mel=mel)
+    assert s["rejected"] == [{"path": "b/huge.wav", "reason": "its log-mel is not finite "
+                              "(samples far outside [-1, 1]?)"}]
+    with MelStore.open(tmp_path / "s") as st:
+        mels, _ = st.load()
+        mean, std = st.stats()
+        assert np.isfinite(mels.astype(np.float32)).all()
+        assert np.isfinite(mean).all() and np.isfinite(std).all()

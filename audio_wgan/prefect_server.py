@@ -16,10 +16,8 @@ is 0, Prefect's temporary server takes over as before.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flows.defaults import WORK_DIR
+from gan.child_processes import die_with
 
 RECORD = Path(WORK_DIR) / "prefect-server.json"
 HEALTH_TIMEOUT_S = 2.0  # a local server answers its health check in milliseconds
@@ -71,7 +70,6 @@ COMMAND_SERVER_ENV = {
 }
 COMMAND_SERVER_VAR = "AUDIO_WGAN_COMMAND_SERVER"  # "0": leave it to Prefect's temporary one
 STOP_TIMEOUT_S = 5.0  # Prefect's own wait for its temporary server to stop
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class CommandServer:
@@ -95,7 +93,7 @@ class CommandServer:
         try:
             process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       preexec_fn=_die_with(os.getpid()))
+                                       preexec_fn=die_with(os.getpid()))
         except OSError:
             return None
         return cls(process, f"http://127.0.0.1:{port}/api")
@@ -119,21 +117,6 @@ class CommandServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def _die_with(parent: int) -> Callable[[], None] | None:
-    """A preexec function: the child gets SIGTERM when `parent` dies (Linux), so that a
-    command killed outright leaves no server behind; None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
-
-    def arm() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # died before the line above
-            os._exit(1)
-
-    return arm
 
 
 @contextlib.contextmanager

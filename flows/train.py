@@ -17,6 +17,7 @@ from flows.train_params import TrainParams, validate_params  # noqa: F401  (re-e
 from gan.devices import nproc_problem
 from gan.errors import TrainingError
 from gan.trainer import TrainConfig
+from storage.checkpoints import checkpoint_folder_lock
 from tasks import tracking
 from tasks.train import (
     block_spec,
@@ -75,6 +76,12 @@ def train(store: str = STORE, preset: str = DEFAULT_PRESET, epochs: int = 100,
 
 def _train(p: TrainParams, cfg: TrainConfig) -> dict[str, Any]:
     data = load_data_task(p.store, p.batch_size, p.seed, p.memory_budget_mb)
+    # one run at a time writes a checkpoint folder (held until the flow returns or dies)
+    with checkpoint_folder_lock(p.checkpoint_dir):
+        return _train_locked(p, cfg, data)
+
+
+def _train_locked(p: TrainParams, cfg: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
     start = plan_start_task(cfg, p.store, p.memory_budget_mb, p.checkpoint_dir, p.resume,
                             p.warm_start)
     meta = checkpoint_meta(data, cfg)

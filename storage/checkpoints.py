@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from storage.atomic_files import TMP_PREFIX, atomic_write, fsync_dir, remove_temps
+from storage.store_lock import FolderLock
 
 log = logging.getLogger("audio_wgan")
 
@@ -52,6 +53,21 @@ EXPORT_META = ("classes", "mel", "preset", "norm_mean", "norm_std")
 
 class CheckpointError(RuntimeError):
     """A checkpoint problem the user must act on; the message is one line."""
+
+
+TRAIN_LOCK_FILE = ".train.lock"
+
+
+def checkpoint_folder_lock(ckpt_dir: str | Path) -> FolderLock:
+    """The lock a training run holds on its checkpoint folder for as long as it may write
+    there: a second run (a `--resume` included) is refused in one line instead of
+    interleaving its checkpoints with the first's."""
+    def busy(who: str) -> Exception:
+        return CheckpointError(f"checkpoint folder {ckpt_dir} is being written by another "
+                               f"training run{who}; wait for it to finish, or use another "
+                               "--checkpoint-dir")
+
+    return FolderLock(ckpt_dir, TRAIN_LOCK_FILE, busy)
 
 
 def checkpoint_name(epoch: int) -> str:

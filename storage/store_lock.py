@@ -1,4 +1,4 @@
-"""One writer per mel store: an OS file lock held for the whole precompute run.
+"""One writer per mel store (and per checkpoint folder): an OS file lock held for the run.
 
 `fcntl.flock` is tied to the open file, so a writer killed with SIGKILL releases it
 automatically (no stale-lock cleanup, unlike pid files). Readers never take the lock:
@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -23,16 +24,20 @@ class StoreBusyError(StoreError):
     """Another process is writing this store (one-line message)."""
 
 
-class StoreLock:
-    """Non-blocking exclusive lock on `<store>/.precompute.lock`; use as a context manager."""
+class FolderLock:
+    """Non-blocking exclusive lock on `<folder>/<name>` (created, never through a link,
+    closed on exec so no child process inherits it); use as a context manager. `busy(pid)`
+    makes the exception raised when another process holds it."""
 
-    def __init__(self, store: str | Path) -> None:
-        self.store = Path(store)
-        self.path = self.store / LOCK_FILE
+    def __init__(self, folder: str | Path, name: str,
+                 busy: Callable[[str], Exception]) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / name
+        self._busy = busy
         self._fd: int | None = None
 
-    def acquire(self) -> StoreLock:
-        self.store.mkdir(parents=True, exist_ok=True)
+    def acquire(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
         fd = open_no_link(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -40,10 +45,7 @@ class StoreLock:
             holder = _read_holder(fd)
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                who = f" (pid {holder})" if holder else ""
-                raise StoreBusyError(
-                    f"store {self.store} is being written by another precompute{who}; "
-                    "wait for it to finish") from None
+                raise self._busy(f" (pid {holder})" if holder else "") from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -62,12 +64,24 @@ class StoreLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> StoreLock:
+    def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+class StoreLock(FolderLock):
+    """The one writer's lock on `<store>/.precompute.lock`."""
+
+    def __init__(self, store: str | Path) -> None:
+        def busy(who: str) -> Exception:
+            return StoreBusyError(f"store {self.store} is being written by another "
+                                  f"precompute{who}; wait for it to finish")
+
+        super().__init__(store, LOCK_FILE, busy)
+        self.store = Path(store)
 
 
 def open_no_link(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:

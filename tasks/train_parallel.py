@@ -27,6 +27,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from gan.child_processes import die_with, die_with_parent
 from gan.devices import resolve_device
 from gan.distributed import World
 from gan.errors import TrainingError
@@ -80,8 +81,10 @@ def train_block_parallel(nproc: int, spec: dict[str, Any], start: dict[str, str]
         log_path = Path(tmp) / "torchrun.log"
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, int(spec.get("cpu_threads", 1))))}
         with open(log_path, "w") as log:
+            # torchrun gets SIGTERM (and stops its ranks) when this process dies
             proc = subprocess.run(torchrun_command(nproc, str(spec_path)), stdout=None,
-                                  stderr=log, env=env, cwd=os.getcwd(), check=False)
+                                  stderr=log, env=env, cwd=os.getcwd(), check=False,
+                                  preexec_fn=die_with(os.getpid()))
         result = json.loads(result_path.read_text()) if result_path.is_file() else None
         if proc.returncode != 0 or result is None or "error" in result:
             kept = list_checkpoints(ck_dir)
@@ -95,6 +98,7 @@ def train_block_parallel(nproc: int, spec: dict[str, Any], start: dict[str, str]
 
 def run_rank(spec: dict[str, Any]) -> None:
     """One rank's block: join, train to `until`, rank 0 checkpoints and reports, leave."""
+    die_with_parent()  # torchrun's agent killed outright: no rank goes on without it
     world = World.from_env()
     cfg = TrainConfig.from_dict(spec["config"])
     threads = int(spec.get("cpu_threads", 1))

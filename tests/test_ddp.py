@@ -203,6 +203,14 @@ def store(tmp_path_factory, prefect_harness) -> Path:
 def _train(store: Path, ck: Path, *extra: str, env: dict | None = None
            ) -> subprocess.CompletedProcess:
     """`audio-wgan train --nproc 2` in a fresh process, as a user runs it."""
+    cmd, run_env, cwd = _train_args(store, ck, *extra, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=run_env,
+                          cwd=cwd)
+
+
+def _train_args(store: Path, ck: Path, *extra: str, env: dict | None = None
+                ) -> tuple[list[str], dict[str, str], Path]:
+    """The command line, environment and folder of `_train`."""
     cmd = [sys.executable, "-m", "audio_wgan.cli", "train", "--store", str(store),
            "--preset", "tiny", "--batch-size", "8", "--checkpoint-dir", str(ck),
            "--checkpoint-every", "1", "--nproc", "2", "--quiet", *extra]
@@ -212,8 +220,7 @@ def _train(store: Path, ck: Path, *extra: str, env: dict | None = None
     base.update(PREFECT_API_URL=str(PREFECT_API_URL.value()),  # the session's test server
                 PREFECT_HOME=str(ck.parent / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                 **{RUN_MARK: str(ck)})
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**base, **(env or {})}, cwd=ck.parent)
+    return cmd, {**base, **(env or {})}, ck.parent
 
 
 RUN_MARK = "AUDIO_WGAN_TEST_RUN"  # in the environment of a _train run, and so of its ranks
@@ -276,3 +283,64 @@ def test_a_killed_rank_ends_the_run_in_one_line_and_the_next_run_resumes(
     assert back.returncode == 0, back.stderr[-2000:]
     assert [p.name for p in list_checkpoints(ck)][-1] == "epoch_00003.pt"
     json.dumps(back.stdout)  # printable
+
+
+def _wait_until(check, limit_s: float = 120.0) -> bool:  # noqa: ANN001
+    """Poll `check()` until true or `limit_s` passes (a bound, not a timing claim)."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return bool(check())
+
+
+def test_a_command_killed_outright_leaves_no_rank_and_frees_its_folder(
+        store: Path, tmp_path: Path, monkeypatch) -> None:
+    """`train --nproc 2` SIGKILLed while its ranks train: torchrun (and so every rank)
+    dies with it, so nothing writes checkpoints behind a `--resume` started next, which
+    then takes the folder (its lock died with the command) and goes on."""
+    import signal
+
+    fresh_mlflow(tmp_path, monkeypatch)
+    ck = tmp_path / "ck"
+    marker = tmp_path / "held"
+    cmd, env, cwd = _train_args(store, ck, "--epochs", "4", "--no-register", env={
+        "AUDIO_WGAN_HOLD_AT": "rank0-epoch2:1", "AUDIO_WGAN_HOLD_FILE": str(marker)})
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_until(marker.exists, 300), "rank 0 never reached epoch 2"
+        assert ranks_left(ck)  # torchrun and both ranks are running
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _wait_until(lambda: ranks_left(ck) == []), ranks_left(ck)
+    finally:
+        proc.kill()
+        for pid in ranks_left(ck):
+            os.kill(pid, signal.SIGKILL)
+    # each block (one epoch: --checkpoint-every 1) is a torchrun of its own: the second
+    # was held before its checkpoint
+    assert [p.name for p in list_checkpoints(ck)] == ["epoch_00001.pt"]
+    back = _train(store, ck, "--epochs", "4", "--resume", "--no-register")
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert "(epoch 1)" in back.stdout.splitlines()[0], back.stdout
+    assert [p.name for p in list_checkpoints(ck)][-1] == "epoch_00004.pt"
+
+
+def test_a_checkpoint_folder_in_use_is_refused_in_one_line(store: Path, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    from storage.checkpoints import checkpoint_folder_lock
+
+    fresh_mlflow(tmp_path, monkeypatch)
+    ck = tmp_path / "ck"
+    with checkpoint_folder_lock(ck):
+        busy = _train(store, ck, "--epochs", "1", "--resume", "--no-register")
+    assert busy.returncode == 2, busy.stderr[-2000:]
+    assert busy.stderr.strip().splitlines()[-1] == (
+        f"audio-wgan train: error: checkpoint folder {ck} is being written by another "
+        f"training run (pid {os.getpid()}); wait for it to finish, or use another "
+        "--checkpoint-dir")
+    assert list_checkpoints(ck) == []

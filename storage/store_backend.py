@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from storage.atomic_files import TMP_PREFIX, atomic_write_bytes
-from storage.store_errors import StoreError
+from storage.store_errors import MAX_METADATA_BYTES, StoreError, check_metadata_size
 from storage.store_generations import (
     LEASE_PREFIX,
     ReaderLease,
@@ -97,10 +98,26 @@ class LocalBackend:
             raise StoreError(f"{p} exists and is not a directory; use a new --store")
 
     def read_bytes(self, name: str) -> bytes | None:
+        """A metadata file's bytes (None if absent): a regular file, not a link, and at
+        most MAX_METADATA_BYTES, so a manifest replaced by a link to /dev/zero (or a
+        directory) is refused in one line instead of read until memory runs out."""
+        path = self.path / name
         try:
-            return (self.path / name).read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise StoreError(f"{path} cannot be read: {exc.strerror or exc} (a link or "
+                             "not a file?)") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"{path} is not a regular file")
+            check_metadata_size(path, st.st_size)
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read(MAX_METADATA_BYTES + 1)
+        finally:
+            os.close(fd)
 
     def commit(self, name: str, data: bytes) -> None:
         atomic_write_bytes(self.path / name, data, durable=True)

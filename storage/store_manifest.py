@@ -169,18 +169,25 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        if d.get("format") != FORMAT:
+        """The manifest of a committed document, checked as a whole (`check_document`):
+        ValueError (one line) names the first thing wrong with a hand-edited or damaged
+        one, so no reader acts on negative row counts or merged classes."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ValueError("not an audio-wgan mel store manifest")
         if int(d.get("format_version", 0)) > FORMAT_VERSION:
             raise ValueError(f"store format {d.get('format_version')} is newer than this code "
                              f"understands ({FORMAT_VERSION}); upgrade audio-wgan")
+        check_document(d)
         files = [FileEntry.from_dict(f) for f in d.get("files", [])]
         un = unescape if d.get("path_escape") else _same
         for f in files:
             f.path = un(f.path)
+        classes = [un(c) for c in d.get("classes", [])]
+        if len(set(classes)) != len(classes) or len({f.path for f in files}) != len(files):
+            raise ValueError("manifest names a class or a file twice")
         return cls(
             mel=dict(d["mel"]),
-            classes=[un(c) for c in d.get("classes", [])],
+            classes=classes,
             rows=int(d.get("rows", 0)),
             next_id=int(d.get("next_id", 0)),
             files={f.path: f for f in files},
@@ -196,6 +203,74 @@ class Manifest:
                             for c in d.get("linked_classes", [])],
             settled=int(d.get("settled", 0)),
         )
+
+
+_COUNTS = ("rows", "next_id", "commits", "generation", "settled")
+_ENTRY_INTS = ("id", "size", "mtime_ns", "label", "start", "stop", "sample_rate",
+               "channels", "samples")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_document(d: dict[str, Any]) -> None:
+    """A committed manifest document as a whole: types, ranges and consistency (every
+    file's rows within the committed rows, no two files owning a row, labels naming a
+    class, settled never past commits). ValueError, one line, names the first violation."""
+    def bad(what: str) -> None:
+        raise ValueError(f"manifest is damaged: {what}")
+
+    if not isinstance(d.get("mel"), dict):
+        bad("mel is not an object")
+    for k in _COUNTS:
+        v = d.get(k, 0)
+        if not _is_int(v) or v < 0:
+            bad(f"{k} is {v!r}, not a count")
+    if d.get("settled", 0) > d.get("commits", 0):
+        bad("settled is past commits")
+    for k in ("classes", "empty_classes", "requeued"):
+        v = d.get(k, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            bad(f"{k} is not a list of names")
+    for k in ("rejected", "ignored", "linked_classes", "files"):
+        v = d.get(k, [])
+        if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+            bad(f"{k} is not a list of objects")
+    if not all(isinstance(r.get("path"), str) and isinstance(r.get("reason", ""), str)
+               for k in ("rejected", "ignored") for r in d.get(k, [])):
+        bad("a rejected or ignored entry has no path")
+    if not all(isinstance(c.get("class"), str) and isinstance(c.get("target"), str)
+               for c in d.get("linked_classes", [])):
+        bad("a linked class entry is not a class and a target")
+    for k in ("stats", "checksums"):
+        if d.get(k) is not None and not isinstance(d[k], dict):
+            bad(f"{k} is not an object")
+    n_classes, rows = len(d.get("classes", [])), d.get("rows", 0)
+    spans, ids = [], set()
+    for f in d.get("files", []):
+        path = f.get("path")
+        if not isinstance(path, str) or not path or not isinstance(f.get("hash"), str):
+            bad("a file entry has no path or hash")
+        for k in _ENTRY_INTS:
+            if k in f and not _is_int(f[k]):
+                bad(f"{path}: {k} is {f[k]!r}, not an integer")
+        missing = [k for k in ("id", "label", "start", "stop") if k not in f]
+        if missing:
+            bad(f"{path}: no {missing[0]}")
+        if not 0 <= f["label"] < n_classes:
+            bad(f"{path}: label {f['label']} names no class (there are {n_classes})")
+        if not 0 <= f["start"] <= f["stop"] <= rows:
+            bad(f"{path}: rows [{f['start']}, {f['stop']}) are not within the {rows} "
+                "committed rows")
+        if f["id"] in ids:
+            bad(f"{path}: id {f['id']} is used twice")
+        ids.add(f["id"])
+        spans.append((f["start"], f["stop"], path))
+    spans.sort()
+    for (_, stop, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+        if start < stop:
+            bad(f"{a} and {b} own the same rows")
 
 
 def _same(name: str) -> str:

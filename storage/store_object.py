@@ -36,7 +36,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from storage.store_errors import StoreError
+from storage.store_errors import StoreError, check_metadata_size
 from storage.store_generations import GEN_DIR
 from storage.store_location import check_protocol, object_error, storage_options
 from storage.store_lock import StoreBusyError
@@ -104,6 +104,7 @@ class ObjectBackend:
         async def read() -> tuple[bytes, str]:
             resp = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self._obj(name))
             try:
+                check_metadata_size(f"{self.url}/{name}", int(resp.get("ContentLength", 0)))
                 return await resp["Body"].read(), str(resp.get("ETag", ""))
             finally:
                 resp["Body"].close()
@@ -114,6 +115,8 @@ class ObjectBackend:
             if _code(exc) in ("NoSuchKey", "404", ""):
                 return None
             raise object_error(self.url, exc, f"reading {name}") from None
+        except StoreError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise object_error(self.url, exc, f"reading {name}") from None
 

@@ -54,6 +54,12 @@ DEFAULT_GRIFFIN_LIM_ITERS = 32
 # and well under glibc's 32 MB mmap threshold, above which every temporary page-faults).
 CPU_BATCH_BYTES = 8 << 20
 MAX_BATCH = 64
+# a picture (and a gallery page) is bounded whatever the model: at most MAX_RENDER_CLASSES
+# classes (the first ones; `classes_rendered` says how many of how many) and
+# MAX_GRID_CELLS clips, fewer per class when there are many classes. 300 classes x 4 once
+# drew 1,200 subplots for over ten minutes at the end of a training run.
+MAX_RENDER_CLASSES = 32
+MAX_GRID_CELLS = 256
 
 
 def inversion_batch(cfg: MelConfig, device: torch.device | str) -> int:
@@ -104,6 +110,12 @@ def render(generator_or_bundle: Generator | GeneratorBundle,
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     device = next(gen.parameters()).device
+    n_classes = len(names)
+    names = names[:MAX_RENDER_CLASSES]  # the grid's labels index these, the first classes
+    per_class = min(per_class, max(1, MAX_GRID_CELLS // len(names)))
+    if real is not None:
+        keep = real[1] < len(names)
+        real = (real[0][keep], real[1][keep])
 
     noise, labels = fixed_grid(len(names), per_class, gen.noise_dim, seed)
     db = sample_db(gen, norm, labels, noise)  # (C*P, n_mels, frames) dB, CPU
@@ -134,7 +146,8 @@ def render(generator_or_bundle: Generator | GeneratorBundle,
     manifest.classes = [{"name": n, "dir": d} for n, d in zip(names, dirs, strict=True)]
     manifest.info.update({"sample_rate": cfg.sample_rate, "n_mels": cfg.n_mels,
                           "frames": cfg.frames, "per_class": per_class, "seed": seed,
-                          "griffin_lim_iters": griffin_lim_iters, "latest_epoch": epoch})
+                          "griffin_lim_iters": griffin_lim_iters, "latest_epoch": epoch,
+                          "classes_rendered": f"{len(names)} of {n_classes}"})
     manifest_path = manifest.write(root)
     gallery = write_gallery(root)
     files = [str(grid), *audio, *thumbs, *real_audio, str(manifest_path), str(gallery)]
@@ -142,7 +155,7 @@ def render(generator_or_bundle: Generator | GeneratorBundle,
         files.append(loss_curve)
     return {"epoch": int(epoch), "samples_dir": str(root), "grid": str(grid), "audio": audio,
             "thumbnails": thumbs, "loss_curve": loss_curve, "gallery": str(gallery),
-            "real": real_audio,
+            "real": real_audio, "classes_rendered": [len(names), n_classes],
             "manifest": str(manifest_path), "files": files}
 
 

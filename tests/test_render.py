@@ -148,3 +148,18 @@ def test_render_task_in_a_flow_makes_an_artifact(model: tuple, tmp_path: Path,
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["render-samples"])))
     assert any(paths["gallery"] in str(a.data) for a in arts)
+
+
+def test_a_model_of_many_classes_renders_a_bounded_picture(tmp_path: Path) -> None:
+    """300 classes: the grid, the clips and the gallery hold at most MAX_RENDER_CLASSES
+    classes and MAX_GRID_CELLS clips, and say how many of how many classes they show."""
+    from registry_fixtures import make_bundle
+
+    from tasks.render import MAX_GRID_CELLS, MAX_RENDER_CLASSES
+
+    names = [f"c{i:03d}" for i in range(300)]
+    bundle = load_bundle_dir(make_bundle(tmp_path / "b", classes=names))
+    out = render(bundle, out_dir=tmp_path / "samples", per_class=64, griffin_lim_iters=1)
+    assert out["classes_rendered"] == [MAX_RENDER_CLASSES, 300]
+    assert len(out["audio"]) == MAX_GRID_CELLS // MAX_RENDER_CLASSES * MAX_RENDER_CLASSES
+    assert Path(out["grid"]).stat().st_size > 0

@@ -27,6 +27,7 @@ from storage.promotion_rule import CANDIDATE, CHAMPION, NO_METRIC, decide, finit
 from storage.registry_listing import (  # noqa: F401  (re-exported: one declaration each)
     KEY_METRICS,
     RegistryError,
+    check_tracking_store,
     registry_uri,
     tracking_uri,
     wanted,
@@ -44,7 +45,9 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_generator.py")
 # --- URIs and client -----------------------------------------------------------------------
 
 def configure() -> str:
-    """Point the fluent API at our URIs (it is process global); return the tracking URI."""
+    """Point the fluent API at our URIs (it is process global); return the tracking URI.
+    RegistryError (one line) for a URI MLflow must not use (`check_tracking_store`)."""
+    check_tracking_store()
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry_uri())

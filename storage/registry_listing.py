@@ -66,6 +66,76 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path[1:] if path.startswith("//") else path) if path else None
 
 
+# an MLflow tracking server that does not answer its health check within this is reported
+# at once (MLflow's own retries take minutes, then name another cause)
+SERVER_CHECK_TIMEOUT_S = 10.0
+
+
+def tracking_store_problem(uri: str) -> str:
+    """Why MLflow must not be pointed at `uri` ("" when it may): a `sqlite:` file that
+    exists but is not an MLflow database (MLflow would write its tables into someone
+    else's file), or an http(s) tracking server that does not answer its health check."""
+    u = urlparse(uri)
+    if u.scheme == "sqlite" and not u.netloc:
+        return _foreign_sqlite(sqlite_path(uri.split("?", 1)[0]))
+    if u.scheme in ("http", "https"):
+        return _server_problem(uri.rstrip("/"))
+    return ""
+
+
+def _foreign_sqlite(path: Path | None) -> str:
+    if path is None or not os.path.lexists(path):
+        return ""
+    if not path.is_file():
+        return f"{path} is not a file, so not an MLflow database"
+    if path.stat().st_size == 0:
+        return ""  # MLflow makes its tables in an empty file
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {r[0] for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return f"{path} is not a SQLite database, so not an MLflow one; refusing to use it"
+    if tables and not {"alembic_version", "experiments"} <= tables:
+        return (f"{path} is a SQLite database MLflow did not create; refusing to write "
+                "MLflow's tables into it")
+    return ""
+
+
+_ANSWERED: set[str] = set()  # servers that answered once: not asked again by this process
+
+
+def _server_problem(url: str) -> str:
+    import urllib.error
+    import urllib.request
+
+    if url in _ANSWERED:
+        return ""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=SERVER_CHECK_TIMEOUT_S):
+            _ANSWERED.add(url)
+            return ""
+    except urllib.error.HTTPError:
+        _ANSWERED.add(url)
+        return ""  # it answers (an older server, or a proxy in front): MLflow says more
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or exc
+        return (f"the MLflow tracking server at {url} does not answer ({why}); start it or "
+                "set MLFLOW_TRACKING_URI to one that does")
+
+
+def check_tracking_store() -> None:
+    """RegistryError (one line) when the tracking or registry URI is one MLflow must not
+    be pointed at (`tracking_store_problem`)."""
+    for uri in dict.fromkeys((tracking_uri(), registry_uri())):
+        problem = tracking_store_problem(uri)
+        if problem:
+            raise RegistryError(problem)
+
+
 def wanted(metric: str) -> bool:
     return metric in KEY_METRICS or metric.startswith("eval_")
 

@@ -14,8 +14,9 @@ from typing import Annotated
 import typer
 
 from audio_wgan.command import dispatch
-from audio_wgan.params import choice, option
+from audio_wgan.params import choice, option, ranged
 from audio_wgan.prefect_server import COMMAND_SERVER_VAR, RECORD, answers, read_record
+from gan.limits import PORT
 
 DEFAULT_PORT = 4200  # Prefect's own default
 START_TIMEOUT_S = 180.0  # a cold server migrates its database first; slow on a busy machine
@@ -40,8 +41,8 @@ def command(
     action: Annotated[str, typer.Argument(
         **{**choice("start", "stop", "status"), "metavar": "ACTION"}, show_default=False,
         help="start, stop or status")],
-    port: Annotated[int, option("--port", metavar="N",
-                                help=f"port for start (default {DEFAULT_PORT})")
+    port: Annotated[int, option("--port", parser=ranged(PORT, "--port"), metavar="N",
+                                help=f"port for start, 1..65535 (default {DEFAULT_PORT})")
                     ] = DEFAULT_PORT,
 ) -> int:
     return dispatch("server", run, locals())
@@ -73,8 +74,6 @@ def start(port: int, doc: dict[str, str] | None) -> int:
     if doc is not None and answers(doc["url"]):
         print(f"Prefect server {doc['url']} already answers")
         return 0
-    if not 1 <= port <= 65535:
-        raise UserError("--port must be between 1 and 65535")
     url = f"http://127.0.0.1:{port}/api"
     home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
     env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

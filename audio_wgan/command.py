@@ -95,8 +95,13 @@ def fail(line: str) -> None:
 
     Prefect's background services (events, API logs) drain when the interpreter exits and
     then log warnings of their own ("EventsWorker - Still processing items"); they are
-    drained here first, the way Prefect's test harness does, so nothing follows our line.
+    drained here first, the way Prefect's test harness does, so nothing follows our line;
+    a drain that outlasts its timeout (a busy machine) has its progress warnings silenced.
     """
+    import logging
+
+    for service in ("EventsWorker", "APILogWorker"):  # Prefect's service loggers' names
+        logging.getLogger(service).setLevel(logging.ERROR)
     drain_prefect_services()
     sys.stdout.flush()
     print(" ".join(line.split()), file=sys.stderr, flush=True)

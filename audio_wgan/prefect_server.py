@@ -126,12 +126,17 @@ def flow_server(prepare: Callable[[bool], object] = lambda waits: None
     yields the URL set for it, or None (Prefect's own choice: the configured server, or its
     temporary one). `prepare(waits)` (the command's imports) runs while a command server
     starts; `waits`: whether one is starting (the command will wait for it)."""
+    own = os.environ.get(COMMAND_SERVER_VAR, "").strip() or "1"
+    if own not in ("0", "1"):
+        from audio_wgan.command import UserError
+
+        raise UserError(f"{COMMAND_SERVER_VAR}={own[:40]!r} is not 0 or 1; fix or unset it")
     if os.environ.get("PREFECT_API_URL"):
         prepare(False)
         yield None
         return
     url = recorded_url()
-    wanted = url is None and os.environ.get(COMMAND_SERVER_VAR, "1") != "0"
+    wanted = url is None and own == "1"
     server = CommandServer.start() if wanted else None  # before Prefect is even imported
     try:
         from prefect.settings import (

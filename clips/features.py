@@ -32,6 +32,13 @@ import torch
 from clips.names import AUDIO_EXTENSIONS, is_audio_name, reason_text  # noqa: F401  (re-exported)
 from clips.outcome import ClipRejected, Extracted
 from clips.resample import Resampler
+from gan.limits import (
+    DEFAULT_MAX_CLIP_SECONDS,
+    DEFAULT_MAX_FILE_MB,
+    MAX_CLIP_SECONDS_ENV,
+    MAX_FILE_MB_ENV,
+    read_limit_settings,
+)
 from gan.spectral import MIN_TAIL_FRACTION, LogMel, MelConfig
 from storage.store_layout import mel_sums
 
@@ -40,10 +47,7 @@ TRANSIENT_RETRIES = 2
 
 # Bounded reads: a file is read whole (for its hash) and decoded whole, so both are capped
 # before any byte is read. Generous defaults, set in the environment (worker processes
-# inherit it): AUDIO_WGAN_MAX_CLIP_SECONDS (declared length, at the file's own rate) and
-# AUDIO_WGAN_MAX_FILE_MB (file size; the decoded float32 samples may be 4x that).
-MAX_CLIP_SECONDS_ENV, DEFAULT_MAX_CLIP_SECONDS = "AUDIO_WGAN_MAX_CLIP_SECONDS", 3600.0
-MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB = "AUDIO_WGAN_MAX_FILE_MB", 1024
+# inherit it): gan.limits' AUDIO_WGAN_MAX_CLIP_SECONDS and AUDIO_WGAN_MAX_FILE_MB.
 MAX_CHANNELS = 64
 SMALL_FILE = 64 << 20  # below this a file's header is not consulted before reading it
 
@@ -57,15 +61,9 @@ class ReadLimits:
 
     @classmethod
     def from_env(cls) -> ReadLimits:
-        def number(name: str, default: float) -> float:
-            try:
-                value = float(os.environ.get(name, default))
-            except ValueError:
-                return default
-            return value if math.isfinite(value) and value > 0 else default
-
-        return cls(number(MAX_CLIP_SECONDS_ENV, DEFAULT_MAX_CLIP_SECONDS),
-                   int(number(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB) * (1 << 20)))
+        """The limits set in the environment (SettingError, naming the variable, for a
+        value that is not a positive number: the precompute flow checks it first)."""
+        return cls(*read_limit_settings())
 
     def file_bytes(self, path: str | bytes, size: int) -> int:
         """The size cap of this file: the absolute cap, and for a big file whose header
@@ -174,8 +172,12 @@ def _read_float32(f: sf.SoundFile, frames: int) -> np.ndarray:
 
     16-bit PCM (most clip collections) is read as int16 and scaled here: bitwise the same
     samples (libsndfile multiplies each by 1/32768 too, an exact power of two), ~3x faster
-    than libsndfile's own conversion loop.
+    than libsndfile's own conversion loop. libsndfile calls some codecs (GSM 6.10 in WAV)
+    not seekable, and soundfile then wants a frame count: the header's, already checked
+    against the limits.
     """
+    if frames < 0 and not f.seekable():
+        frames = max(int(f.frames), 0)
     if f.subtype == "PCM_16":
         ints = f.read(frames=frames, dtype="int16", always_2d=True)
         out = ints.astype(np.float32)

@@ -8,6 +8,8 @@ Pure Python: the edges turn a `Range` into an argparse type or a pydantic field.
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 MAX_CLASS_NAME = 200  # characters: a class name travels in JSON, tags and one-line output
@@ -15,6 +17,40 @@ MAX_CLASS_NAME = 200  # characters: a class name travels in JSON, tags and one-l
 
 class RangeError(ValueError):
     """A value outside its declared range (or not an integer); the message is one line."""
+
+
+class SettingError(RangeError):
+    """An environment setting that is not a value it may take; names the variable."""
+
+
+def env_number(name: str, default: float, *, allow_zero: bool = False) -> float:
+    """The environment setting `name` as a finite number > 0 (>= 0 with `allow_zero`),
+    `default` when unset or empty; SettingError naming the variable otherwise: a typo in
+    a limit must not silently become the default."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        want = "a number >= 0" if allow_zero else "a number > 0"
+        raise SettingError(f"{name}={raw[:40]!r} is not {want}; fix or unset it")
+    return value
+
+
+# Bounded reads of source clips (clips.features.ReadLimits): the declared length at the
+# file's own rate, and the file's size (the decoded float32 samples may be 4x that)
+MAX_CLIP_SECONDS_ENV, DEFAULT_MAX_CLIP_SECONDS = "AUDIO_WGAN_MAX_CLIP_SECONDS", 3600.0
+MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB = "AUDIO_WGAN_MAX_FILE_MB", 1024
+
+
+def read_limit_settings() -> tuple[float, int]:
+    """(max clip seconds, max file bytes) from the environment; SettingError when set to
+    something that is not a positive number."""
+    return (env_number(MAX_CLIP_SECONDS_ENV, DEFAULT_MAX_CLIP_SECONDS),
+            int(env_number(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB) * (1 << 20)))
 
 
 @dataclass(frozen=True)
@@ -68,6 +104,7 @@ DEMO_CLIPS_PER_CLASS = Range("clips-per-class", 1, 10_000, "a demo set, not a co
 # where precompute runs its files (clips.pools), its threads or worker processes, and files
 # per write batch
 POOLS = ("auto", "threads", "processes", "dask")
+PORT = Range("port", 1, 65535, "a TCP port")
 WORKERS = Range("workers", 1, 1024, "more than a big machine's cores only thrashes")
 BATCH_FILES = Range("batch-size", 1, 65_536, "a batch is also capped at 32 MB of rows")
 # an epoch label or count: large enough for any real run, small enough for file names

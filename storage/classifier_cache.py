@@ -8,7 +8,6 @@ holds a state_dict and plain metadata, loaded with `weights_only=True`.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from gan.classifier import (
 from gan.spectral import Normaliser
 from storage.atomic_files import atomic_write
 from storage.mel_store import MelStore
-from storage.store_location import is_url
+from storage.store_location import beside_store
 
 KEEP_FILES = 4  # older cached classifiers (other fingerprints) beyond this are removed
 FIT, REF, PROBE = 0, 1, 2  # parts of `split_by_source`
@@ -47,14 +46,8 @@ class StoreClassifier:
 
 
 def cache_dir(store_path: str | Path) -> Path:
-    """Beside a local store; for a store URL (s3://...), under ./work/classifiers/ here."""
-    if is_url(store_path):
-        url = str(store_path).rstrip("/")
-        name = url.rsplit("/", 1)[-1] or "store"
-        tag = hashlib.blake2b(url.encode(), digest_size=6).hexdigest()
-        return Path("work", "classifiers").resolve() / f"{name}-{tag}.classifier"
-    p = Path(store_path).resolve()
-    return p.parent / f"{p.name}.classifier"
+    """Where the classifiers of a store are cached (`storage.store_location.beside_store`)."""
+    return beside_store(store_path, "classifier")
 
 
 def cache_path(store: MelStore, cfg: ClassifierConfig) -> Path:

@@ -59,6 +59,7 @@ from storage.store_layout import (
     rows_per_chunk,
     stats_from_sums,
 )
+from storage.store_location import beside_store
 from storage.store_manifest import (
     FileEntry,
     Manifest,
@@ -181,6 +182,25 @@ class MelStore:
         out = rep.to_dict()
         out["files"] = sorted(damaged_files(self.manifest, rep.damaged))
         return out
+
+    def verify_once(self) -> None:
+        """`verify`, once per committed state (fingerprint, generation, commit count),
+        remembered by a marker in `<store>.verified/`; StoreError (one line, as
+        `store-info --verify` ends) when a chunk is damaged. Training checks this first,
+        so it never runs on swapped or corrupted chunks."""
+        m = self.manifest
+        marker = (beside_store(self.location, "verified")
+                  / f"{self.fingerprint[:24]}-g{m.generation}-c{m.commits}")
+        if marker.is_file():
+            return
+        report = self.verify()
+        if not report["ok"]:
+            raise StoreError(verify_summary(self.location, report))
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        for old in marker.parent.iterdir():
+            if old.name != marker.name:
+                old.unlink(missing_ok=True)
+        marker.touch()
 
     # ---------------------------------------------------------------- metadata
     def __len__(self) -> int:

@@ -15,7 +15,6 @@ per-second sample budget (a token bucket per serving process) answers HTTP 429 b
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_EXHAUSTED
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gan.limits import CLIPS, SEED
+from gan.limits import CLIPS, SEED, env_number
 from gan.spectral import MelInverter
 from storage.bundle_schema import MAX_CLASS_NAME, first_error
 from storage.model_bundle import GeneratorBundle, load_bundle_dir, synthesise
@@ -56,11 +55,7 @@ class SampleBudget:
 
     @classmethod
     def from_env(cls) -> SampleBudget:
-        try:
-            rate = float(os.environ.get(SAMPLES_PER_S_ENV, MAX_REQUEST_SAMPLES))
-        except ValueError:
-            rate = MAX_REQUEST_SAMPLES
-        rate = rate if math.isfinite(rate) and rate > 0 else MAX_REQUEST_SAMPLES
+        rate = env_number(SAMPLES_PER_S_ENV, MAX_REQUEST_SAMPLES)  # SettingError if bad
         return cls(rate, max(rate, MAX_REQUEST_SAMPLES))
 
     def take(self, n: int) -> None:

@@ -10,6 +10,7 @@ as JSON in AUDIO_WGAN_STORAGE_OPTIONS. Errors from the object store become one l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -122,3 +123,16 @@ def _error_code(exc: BaseException) -> tuple[str, str]:
 def _line(x: object) -> str:
     text = str(x) or type(x).__name__
     return " ".join(text.split())[:300]
+
+
+def beside_store(store_path: str | Path, kind: str) -> Path:
+    """A folder of things kept about a store, `<store>.<kind>` beside a local store (never
+    inside it: the store has one writer, precompute); for a store URL (s3://...), under
+    ./work/<kind>s/ here."""
+    if is_url(store_path):
+        url = str(store_path).rstrip("/")
+        name = url.rsplit("/", 1)[-1] or "store"
+        tag = hashlib.blake2b(url.encode(), digest_size=6).hexdigest()
+        return Path("work", f"{kind}s").resolve() / f"{name}-{tag}.{kind}"
+    p = Path(store_path).resolve()
+    return p.parent / f"{p.name}.{kind}"

@@ -36,6 +36,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from gan.limits import SettingError, env_number
 from storage.store_errors import StoreError, check_metadata_size
 from storage.store_generations import GEN_DIR
 from storage.store_location import check_protocol, object_error, storage_options
@@ -65,10 +66,13 @@ class ObjectBackend:
         self.path = self.url  # what MelStore/MelStoreWriter show as their path
         self.location = self.url
         self.options = storage_options(options)
-        self.lease_s = float(lease_s if lease_s is not None
-                             else os.environ.get(LEASE_ENV, DEFAULT_LEASE_S))
-        self.grace_s = float(grace_s if grace_s is not None
-                             else os.environ.get(GRACE_ENV, DEFAULT_GRACE_S))
+        try:
+            self.lease_s = float(lease_s if lease_s is not None
+                                 else env_number(LEASE_ENV, DEFAULT_LEASE_S))
+            self.grace_s = float(grace_s if grace_s is not None
+                                 else env_number(GRACE_ENV, DEFAULT_GRACE_S, allow_zero=True))
+        except SettingError as exc:
+            raise StoreError(str(exc)) from None
         if not self.lease_s > 0 or self.grace_s < 0:
             raise StoreError(f"{LEASE_ENV} must be > 0 and {GRACE_ENV} >= 0 (seconds)")
         try:

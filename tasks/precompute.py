@@ -41,7 +41,7 @@ from clips.scan import (
     remembered_rejection,
     scan_data_dir,
 )
-from gan.limits import check_trainable_mel
+from gan.limits import SettingError, check_trainable_mel, read_limit_settings
 from gan.mel_config import MelConfig
 from report.progress import report
 from storage.store_backend import backend_for
@@ -544,6 +544,10 @@ def check_params(pool: str, dask_address: str | None, device: str) -> None:
     """What the flow's parameters ask of this machine, before anything is touched (one-line
     PrecomputeError; flows.precompute_params.PrecomputeParams checked each on its own): the
     Dask extra for pool "dask", a scheduler that answers, a device torch has."""
+    try:  # the read limits every worker applies (gan.limits.read_limit_settings)
+        read_limit_settings()
+    except SettingError as exc:
+        raise PrecomputeError(str(exc)) from None
     if pool == "dask" and not dask_available():
         raise PrecomputeError("pool 'dask' needs the scale extra: "
                               "pip install 'audio-wgan[scale]'")

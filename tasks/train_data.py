@@ -162,7 +162,14 @@ def summarise(data: TrainingData) -> dict[str, Any]:
 
 def describe_training_data(store: str, batch_size: int, seed: int,
                            memory_budget_mb: int = 2048) -> dict[str, Any]:
-    """`summarise` of the store's training data (read here once for the run's blocks)."""
+    """`summarise` of the store's training data (read here once for the run's blocks),
+    after its chunks were checked against their checksums (once per committed state:
+    `MelStore.verify_once`)."""
+    try:
+        with MelStore.open(store) as ms:
+            ms.verify_once()
+    except (StoreError, FileNotFoundError) as exc:
+        raise TrainingError(f"cannot train on store {store}: {first_line(exc)}") from None
     return summarise(training_data(store, batch_size, seed, memory_budget_mb))
 
 

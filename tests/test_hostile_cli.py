@@ -193,3 +193,32 @@ def test_more_ranks_than_the_machine_holds_are_refused_unless_forced(
     assert line == (f"audio-wgan train: error: --nproc {have + 1} asks for more ranks than "
                     f"this machine has {what} ({have}); pass --force-nproc (force_nproc) to "
                     "launch them anyway"), line
+
+
+@pytest.mark.parametrize("value", ["2", "yes", "-1"])
+def test_a_bad_command_server_setting_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        value: str) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("AUDIO_WGAN_COMMAND_SERVER", value)
+    line = refused(capsys, ["precompute", str(tmp_path / "d"), "--store",
+                            str(tmp_path / "s")], tmp_path)
+    assert line == (f"audio-wgan precompute: error: AUDIO_WGAN_COMMAND_SERVER={value!r} is "
+                    "not 0 or 1; fix or unset it"), line
+
+
+def test_a_bad_store_lease_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage.store_backend import backend_for
+    from storage.store_errors import StoreError
+
+    monkeypatch.setenv("AUDIO_WGAN_STORE_LEASE_S", "nan")
+    with pytest.raises(StoreError, match="^AUDIO_WGAN_STORE_LEASE_S='nan' is not a number > 0"):
+        backend_for("s3://bucket/prefix/s.zarr")
+
+
+@pytest.mark.parametrize("action", ["status", "start", "stop"])
+def test_a_port_out_of_range_is_refused_for_every_server_action(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str) -> None:
+    line = refused(capsys, ["server", action, "--port", "70000"], tmp_path)
+    assert line.startswith("audio-wgan server: error: argument --port: must be between 1 "
+                           "and 65535"), line

@@ -19,6 +19,7 @@ from clips.features import (
     FeatureExtractor,
     ReadLimits,
 )
+from gan.limits import SettingError
 from gan.spectral import MelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,11 @@ def test_file_size_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.Mon
     assert out.status == "rejected" and out.reason.startswith(
         f"too large ({path.stat().st_size} bytes = 2.1 MiB; the limit is 1048576 bytes")
     assert ReadLimits.from_env().max_file_bytes == 1 << 20
-    monkeypatch.setenv(MAX_FILE_MB_ENV, "not a number")  # a bad setting keeps the default
+    for bad in ("not a number", "-1", "nan", "0", "inf"):  # a typo never becomes the default
+        monkeypatch.setenv(MAX_FILE_MB_ENV, bad)
+        with pytest.raises(SettingError, match=f"^{MAX_FILE_MB_ENV}=.* is not a number > 0"):
+            ReadLimits.from_env()
+    monkeypatch.setenv(MAX_FILE_MB_ENV, "")  # empty: unset
     assert ReadLimits.from_env() == ReadLimits()
 
 
@@ -106,3 +111,34 @@ def test_precompute_reports_the_huge_file_and_keeps_the_rest(
     assert rejected["path"] == "c/huge.wav"
     assert rejected["reason"].startswith(f"too large ({TWO_GB} bytes")
     assert summary["files"] == 1 and summary["rows"] >= 1
+
+
+def test_a_codec_libsndfile_calls_unseekable_is_decoded(tmp_path: Path) -> None:
+    """GSM 6.10 in WAV: libsndfile reads it from its path but calls it not seekable; it was
+    rejected ("frames must be specified for non-seekable files")."""
+    from clips.features import decode
+
+    path = tmp_path / "gsm.wav"
+    sf.write(path, 0.3 * np.sin(np.arange(8000, dtype=np.float32) / 5), 8000,
+             subtype="GSM610")
+    x, sr = decode(str(path))
+    assert sr == 8000 and x.shape[1] == 1 and x.shape[0] >= 8000
+    assert np.isfinite(x).all() and np.abs(x).max() > 0.1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("name", [MAX_FILE_MB_ENV, MAX_CLIP_SECONDS_ENV])
+@pytest.mark.parametrize("bad", ["-1", "abc", "nan"])
+def test_a_bad_limit_setting_refuses_precompute_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        name: str, bad: str) -> None:
+    from hostile_checks import refused
+
+    data = tmp_path / "data"
+    (data / "c").mkdir(parents=True)
+    sf.write(data / "c" / "ok.wav", np.full(8000, 0.1, np.float32), 8000)
+    monkeypatch.setenv(name, bad)
+    line = refused(capsys, ["precompute", str(data), "--store", str(tmp_path / "s")],
+                   tmp_path)
+    assert line == (f"audio-wgan precompute: error: {name}={bad!r} is not a number > 0; "
+                    "fix or unset it"), line

@@ -202,5 +202,11 @@ def test_per_second_budget_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv(SAMPLES_PER_S_ENV, "1000")
     b = SampleBudget.from_env()
     assert b.rate == 1000 and b.burst == MAX_REQUEST_SAMPLES  # one full request still fits
-    monkeypatch.setenv(SAMPLES_PER_S_ENV, "-3")
+    from gan.limits import SettingError
+
+    for bad in ("-3", "abc", "nan"):  # a typo is an error naming the variable, not the default
+        monkeypatch.setenv(SAMPLES_PER_S_ENV, bad)
+        with pytest.raises(SettingError, match=f"^{SAMPLES_PER_S_ENV}="):
+            SampleBudget.from_env()
+    monkeypatch.delenv(SAMPLES_PER_S_ENV)
     assert SampleBudget.from_env().rate == MAX_REQUEST_SAMPLES

@@ -242,3 +242,26 @@ def test_chunk_checks_on_a_store_that_is_not_a_local_directory() -> None:
     np.testing.assert_array_equal(read_checked(arr, np.array([0, 25])), [[0, 1], [50, 51]])
     with pytest.raises(StoreError, match=r"chunk 1 of mels \(rows 10-19\) is missing"):
         read_checked(arr, np.array([0, 15]), dense=True)
+
+
+def test_training_refuses_swapped_chunks_and_verifies_once_per_state(tmp_path: Path
+                                                                      ) -> None:
+    """Chunks that decode but hold other rows (swapped): `store-info --verify` flags them,
+    and so does training now, before any step (it trained with exit 0 before); an intact
+    store is verified once per committed state (a marker beside the store)."""
+    from gan.errors import TrainingError
+    from tasks.train_data import describe_training_data, forget_training_data
+
+    store = tmp_path / "s"
+    three_chunk_store(store)
+    describe_training_data(str(store), batch_size=8, seed=0)
+    forget_training_data()
+    markers = list((tmp_path / "s.verified").iterdir())
+    assert len(markers) == 1
+    shutil.copy(chunk_file(store, "mels", 0), chunk_file(store, "mels", 1))
+    describe_training_data(str(store), batch_size=8, seed=0)  # same state: not read again
+    forget_training_data()
+    markers[0].unlink()
+    with pytest.raises(TrainingError, match="chunk 1 of mels .* does not match its checksum"):
+        describe_training_data(str(store), batch_size=8, seed=0)
+    forget_training_data()

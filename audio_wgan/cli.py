@@ -42,6 +42,7 @@ COMMAND_MODULES = [
     "models",
     "run",
     "server",
+    "serve",
 ]
 
 

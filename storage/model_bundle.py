@@ -20,6 +20,7 @@ from gan.limits import CLIPS, SEED
 from gan.models import Generator, get_preset
 from gan.sampling import class_index, make_noise, mels_to_audio, sample_db
 from gan.spectral import MelConfig, MelInverter, Normaliser
+from storage.atomic_files import atomic_write, atomic_write_bytes
 from storage.bundle_schema import (
     FORMAT_VERSION,
     MAX_META_BYTES,
@@ -76,8 +77,9 @@ def save_bundle(out_dir: str | Path, generator_state: dict[str, torch.Tensor], p
     check_state(state, expected_state(parse_doc(text.encode(), META_FILE)), "generator")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out / WEIGHTS_FILE)
-    (out / META_FILE).write_text(text)
+    # each file whole or absent, and never written through a link planted in its place
+    atomic_write(out / WEIGHTS_FILE, lambda f: torch.save(state, f))
+    atomic_write_bytes(out / META_FILE, text.encode())
     return out
 
 

@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from gan.errors import first_line
 from storage import registry
+from storage.atomic_files import atomic_write_bytes
 from storage.checkpoints import CheckpointError, list_checkpoints, verify_checkpoint
 from storage.model_bundle import GeneratorBundle, load_bundle_dir
 from tasks.retrain_plan import FINGERPRINT_TAG, RetrainError
@@ -84,7 +85,7 @@ def prepare_checkpoint_dir(root: str | Path, fingerprint: str, epochs: int, forc
                         warm_from=str(src),
                         note=f"warm start from champion v{champion['version']} "
                              f"({src.name}), {epochs} more epochs")
-    plan_path.write_text(json.dumps(plan, indent=2))
+    atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
     return {**plan, "checkpoint_dir": str(d), "resumed": False}
 
 

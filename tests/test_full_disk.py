@@ -72,3 +72,28 @@ def test_precompute_onto_a_full_disk_is_one_line_and_the_store_stays_consistent(
         with MelStore.open(store) as st:
             mels, _ = st.load()
             assert len(mels) == len(st) and np.isfinite(mels.astype(np.float32)).all()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_train_onto_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(
+        tmp_path: Path, full_disk: Path, write_tone, mlflow_uri: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from audio_wgan.cli import main
+    from flows.precompute import precompute
+    from storage.checkpoints import list_checkpoints
+
+    for i in range(6):
+        write_tone(f"c{i % 2}/t{i}.wav", seconds=0.5, sr=8000, freq=300 + 90 * i,
+                   root=tmp_path / "d")
+    store = tmp_path / "s"
+    precompute(str(tmp_path / "d"), str(store), mel={
+        "sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32, "frames": 32})
+    (full_disk / "ck").mkdir()
+    fill(full_disk / "filler")
+    code = main(["train", "--store", str(store), "--preset", "tiny", "--epochs", "1",
+                 "--checkpoint-dir", str(full_disk / "ck"), "--no-register", "--quiet"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2, line
+    assert line.startswith("audio-wgan train: error: No space left on device"), line
+    assert list_checkpoints(full_disk / "ck") == []
+    assert not list((full_disk / "ck").glob(f"{TMP_PREFIX}*"))

@@ -219,3 +219,23 @@ def test_older_bundle_mel_configs_still_load(good_bundle: Path, tmp_path: Path) 
     _doc(d, old)
     mel = load_bundle_dir(d).mel
     assert {k: getattr(mel, k) for k in LEGACY_POLICIES} == LEGACY_POLICIES
+
+
+def test_a_link_planted_in_a_bundle_folder_is_replaced_not_written_through(
+        tmp_path: Path) -> None:
+    from registry_fixtures import make_bundle
+
+    from storage.model_bundle import META_FILE, WEIGHTS_FILE
+
+    out = make_bundle(tmp_path / "bundle")
+    victims = {}
+    for name in (META_FILE, WEIGHTS_FILE):
+        victim = tmp_path / f"victim-{name}"
+        victim.write_text("precious\n")
+        (out / name).unlink()
+        (out / name).symlink_to(victim)
+        victims[name] = victim
+    make_bundle(tmp_path / "bundle")  # written again over the planted links
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious\n"
+        assert (out / name).is_file() and not (out / name).is_symlink()

@@ -9,6 +9,7 @@ the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -317,3 +318,20 @@ def mark_crashed(server: PrefectServer, flow_run_id: str, message: str) -> tuple
             return found, found
         client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
         return found, client.read_flow_run(flow_run_id).state.type.value
+
+
+@contextlib.contextmanager
+def http_server(cmd: list[str], port: int, env: Mapping[str, str], cwd: Path, name: str
+                ) -> Iterator[str]:
+    """A server process (`cmd`, listening on loopback `port`), up once GET /ping answers;
+    yields its base URL and stops it (and its children) afterwards."""
+    log_path = cwd / f"{name.replace(' ', '-')}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(env),
+                                cwd=cwd, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http_ok(f"{url}/ping", proc, log_path, 120, name)
+            yield url
+        finally:
+            stop(proc, grace=15)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect_services import free_port, stop, wait_http_ok
+from prefect_services import free_port, http_server
 from registry_fixtures import TINY_MEL, make_bundle, register_bundle
 
 from storage import registry
@@ -51,19 +50,11 @@ def served_champion(tmp_path: Path, mlflow_uri: str) -> Iterator[str]:
                PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
                OMP_NUM_THREADS="1")
-    log_path = tmp_path / "serve.log"
-    log = open(log_path, "wb")  # closed in the finally below
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(f"{url}/ping", proc, log_path, 120, "mlflow models serve")
+    with http_server([str(VENV_BIN / "mlflow"), "models", "serve", "-m",
+                      f"models:/{MODEL}@champion", "--env-manager", "local", "-h", "127.0.0.1",
+                      "-p", str(port), "-w", "1"], port, env, tmp_path,
+                     "mlflow models serve") as url:
         yield url
-    finally:
-        stop(proc, grace=15)
-        log.close()
 
 
 def test_champion_is_served_by_mlflow_scoring_server(served_champion: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect_services import free_port, stop, wait_http_ok
+from prefect_services import free_port, http_server
 from registry_fixtures import make_bundle, register_bundle
 
 from storage import registry
@@ -64,17 +63,9 @@ def guarded(tmp_path: Path, mlflow_uri: str) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=mlflow_uri, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p))
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "audio_wgan.cli", "serve", "--port",
-                                 str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=tmp_path, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http_ok(f"{url}/ping", proc, log_path, 120, "audio-wgan serve")
-            yield url
-        finally:
-            stop(proc, grace=15)
+    with http_server([sys.executable, "-m", "audio_wgan.cli", "serve", "--port", str(port)],
+                     port, env, tmp_path, "audio-wgan serve") as url:
+        yield url
 
 
 @pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Prefect flows: wiring of the tasks in `tasks/` (see ARCHITECTURE.md)."""
+"""Prefect flows: wiring of the tasks in `tasks/` (see docs/architecture.md)."""
 
 from flows.prefect_heartbeat import install_on_load as _install_heartbeat_patch
 

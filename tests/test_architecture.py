@@ -1,6 +1,6 @@
 """The house's import picture, read from the source with `ast` (nothing is imported):
 
-1. each room imports only what ARCHITECTURE.md lets it (gan/ knows no Prefect, MLflow or
+1. each room imports only what docs/architecture.md lets it (gan/ knows no Prefect, MLflow or
    Zarr; storage/ no Prefect and MLflow only in its registry modules; tasks/ never reaches
    up into flows/ or the CLI; clips/ and report/ sit beside storage/ under tasks/);
 2. no module imports itself back through others at import time (module-level imports,
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# the rooms of ARCHITECTURE.md, plus clips/ (source clips -> rows) and report/ (figures,
+# the rooms of docs/architecture.md, with clips/ (source clips -> rows) and report/ (figures,
 # gallery, progress); bench/ and scripts/ only take part in the cycle check
 ROOMS = ("gan", "storage", "clips", "report", "tasks", "flows", "audio_wgan")
 PACKAGES = (*ROOMS, "bench", "scripts")

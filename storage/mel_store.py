@@ -118,6 +118,11 @@ class MelStore:
         if manifest.rows > self._mels.shape[0]:
             raise StoreError(f"store {path} is damaged: the manifest owns {manifest.rows} rows "
                              f"but the mels array has {self._mels.shape[0]}")
+        cfg = manifest.mel_config
+        if tuple(self._mels.shape[1:]) != (cfg.n_mels, cfg.frames):
+            raise StoreError(f"store {path} is damaged: its manifest's mel configuration "
+                             f"({cfg.n_mels} mels x {cfg.frames} frames) is not the mels "
+                             f"array's rows {tuple(self._mels.shape[1:])}")
 
     # ---------------------------------------------------------------- opening
     @classmethod

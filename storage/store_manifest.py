@@ -223,6 +223,10 @@ def check_document(d: dict[str, Any]) -> None:
 
     if not isinstance(d.get("mel"), dict):
         bad("mel is not an object")
+    try:
+        MelConfig.from_dict(d["mel"])
+    except (TypeError, ValueError) as exc:
+        bad(f"mel is not a mel configuration ({' '.join(str(exc).split())[:120]})")
     for k in _COUNTS:
         v = d.get(k, 0)
         if not _is_int(v) or v < 0:

@@ -98,6 +98,9 @@ def stored_chunk_rows(root: Path, m: Manifest) -> int | None:
         rows_per_chunk = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
         if m.rows > int(meta["shape"][0]):
             return None
+        cfg = m.mel_config
+        if name == MELS and list(meta["shape"][1:]) != [cfg.n_mels, cfg.frames]:
+            return None  # a full open says what is wrong
         if name == MELS:
             chunk_rows = rows_per_chunk
         keys = _chunk_keys(meta, -(-m.rows // rows_per_chunk))

@@ -209,3 +209,59 @@ def test_fuzz_serving_payloads(area: dict[str, Path]) -> None:
         assert all(pd.Series(a).notna().all() for a in out["audio"])
 
     run()
+
+
+# a JSON value of any kind, as a hand editing a manifest would leave one
+JSON_VALUE = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**12), 10**12),
+              st.floats(allow_nan=False), st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=6)
+
+
+def test_fuzz_manifest_edits(tmp_path_factory: pytest.TempPathFactory,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Any field of a real manifest (top level or of a file entry) set to any JSON value:
+    `store-info` and `store-info --verify` answer (exit 0) or refuse in one line (exit 2),
+    never a traceback, and write nothing (but the reader lease a reader may create)."""
+    from store_fixtures import build, new_file
+
+    from audio_wgan.cli import main
+    from storage.store_generations import LEASE_PREFIX
+
+    def written(store: Path) -> dict[str, tuple[str, int, str]]:
+        return {p: v for p, v in snapshot(store).items()
+                if not Path(p).name.startswith(LEASE_PREFIX)}
+
+    base = tmp_path_factory.mktemp("manifest-fuzz")
+    good = base / "good.zarr"
+    build(good, [new_file("a/0.wav", 3, 1), new_file("b/1.wav", 2, 2)])
+    doc = json.loads((good / "manifest.json").read_bytes())
+    top = sorted(doc)
+    entry = sorted(doc["files"][0])
+
+    @SETTINGS
+    @given(where=st.one_of(st.sampled_from(top).map(lambda k: ("top", k)),
+                           st.sampled_from(entry).map(lambda k: ("file", k))),
+           value=JSON_VALUE, verify=st.booleans())
+    def run(where: tuple[str, str], value: object, verify: bool) -> None:
+        store = base / "s.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(good, store)
+        edited = json.loads(json.dumps(doc))
+        kind, key = where
+        (edited if kind == "top" else edited["files"][0])[key] = value
+        (store / "manifest.json").write_text(json.dumps(edited))
+        before = written(store)
+        capsys.readouterr()
+        code = main(["store-info", str(store), *(["--verify"] if verify else [])])
+        err = capsys.readouterr().err
+        assert code in (0, 2), (where, value, err[-2000:])
+        assert "Traceback" not in err
+        if code == 2:
+            assert err.strip().splitlines()[-1].startswith("audio-wgan store-info: error:")
+        event("refused" if code else "answered")
+        assert written(store) == before
+
+    run()

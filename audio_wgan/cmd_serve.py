@@ -58,7 +58,7 @@ def run(args: SimpleNamespace) -> int:
 
     try:
         model = mlflow.pyfunc.load_model(args.model)
-    except (MlflowException, OSError) as exc:
+    except (MlflowException, OSError, ValueError) as exc:  # ValueError: a bad setting
         text = " ".join(str(getattr(exc, "message", None) or exc).split())[:300]
         raise UserError(f"cannot load {args.model}: {text}") from None
     print(f"serving {args.model} on http://{args.host}:{args.port}/invocations "

@@ -6,6 +6,8 @@ nothing, never imports torch (`clips.features` does).
 
 from __future__ import annotations
 
+import unicodedata
+
 from gan.errors import one_line
 from gan.limits import MAX_CLASS_NAME
 
@@ -33,15 +35,16 @@ def reason_text(x: object) -> str:
 def class_name_problem(name: str) -> str:
     """Why a class folder's name cannot name a class ("" when it can): a model carries its
     class names in JSON, MLflow tags and request payloads, and prints them in one line, so
-    a name must be UTF-8 (no undecodable bytes), printable (no newline, tab or control
-    character) and at most MAX_CLASS_NAME characters: checked at precompute, so that no
-    store holds a class that training, export or serving would refuse later."""
+    a name must be UTF-8 (no undecodable bytes), hold no control character (newline, tab,
+    escape: Unicode category Cc) or line/paragraph separator (the joiners of Persian, Hindi
+    or emoji names are fine) and at most MAX_CLASS_NAME characters: checked at precompute,
+    so that no store holds a class that training, export or serving would refuse later."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "class folder name is not UTF-8: rename the folder"
-    if not name.isprintable():
-        return "class folder name holds a non-printable character: rename the folder"
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        return "class folder name holds a control character: rename the folder"
     if len(name) > MAX_CLASS_NAME:
         return (f"class folder name is longer than {MAX_CLASS_NAME} characters: rename "
                 "the folder")

@@ -104,6 +104,7 @@ def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> Sc
         raise DataDirError(f"{root} is not a directory")
     res = ScanResult()
     real_root = os.path.realpath(root)
+    walked: dict[str, str] = {}  # every folder walked (resolved) -> the class it is in
     try:
         top = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as exc:
@@ -113,20 +114,24 @@ def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> Sc
             continue
         if skip is not None and os.path.realpath(entry.path) == skip:
             continue
-        if _is_dir(entry):
+        kind = _kind(entry.path)
+        if kind == "missing":  # a dangling link, a stat that failed: present, unread
+            res.unreadable.append({"path": entry.name + "/", "reason": MISSING_TARGET})
+        elif kind == "dir":
             problem = class_name_problem(entry.name)
             if problem:
                 res.ignored.append({"path": entry.name + "/", "reason": problem})
                 continue
             target = os.path.realpath(entry.path)
-            if entry.is_symlink() and (_inside(real_root, target) or _inside(target, real_root)):
+            if entry.is_symlink() and (_inside(real_root, target)
+                                       or _scanned(target, real_root)):
                 res.ignored.append({"path": entry.name + "/", "reason": LINK_BACK})
                 continue
             res.class_dirs.append(entry.name)
             if entry.is_symlink() and os.path.commonpath([real_root, target]) != real_root:
                 res.linked_classes.append({"class": entry.name, "target": target})
             n_before = len(res.files) + len(res.unreadable)
-            _walk_class(root, real_root, entry.name, res)
+            _walk_class(root, real_root, entry.name, res, walked)
             if len(res.files) + len(res.unreadable) == n_before:
                 res.empty_classes.append(entry.name)
         else:
@@ -136,23 +141,43 @@ def scan_data_dir(data_dir: str | Path, exclude: str | Path | None = None) -> Sc
 
 
 LINK_BACK = "a link back into the data folder (or above it): not followed"
+MISSING_TARGET = ("unreadable: a link to nothing, or a folder that cannot be looked at "
+                  "(unmounted?); its stored rows are kept")
 
 
 def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
+def _scanned(path: str, real_root: str) -> bool:
+    """Inside DATA_DIR's scanned part: under a top-level folder whose name is not hidden."""
+    if not _inside(path, real_root) or path == real_root:
+        return False
+    return not os.path.relpath(path, real_root).startswith(".")
+
+
+def _kind(path: str) -> str:
+    """"dir", "file" (anything else that exists) or "missing" (a dangling link, or a path
+    whose stat fails: an I/O error on a half-mounted share), following links."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing" if os.path.lexists(path) else "file"
+    return "dir" if stat.S_ISDIR(st.st_mode) else "file"
+
+
 def links_back(real: str, real_root: str, real_base: str) -> bool:
     """A folder (resolved: `real`) reached inside the class folder resolving to
-    `real_base` that is DATA_DIR, above it, elsewhere in it, or above its own class: its
-    clips are stored under their own class (or would loop), so it is not followed."""
+    `real_base` that is DATA_DIR, above it, elsewhere in its scanned part, or above its
+    own class: its clips are stored under their own class (or would loop), so it is not
+    followed. (Hidden folders of DATA_DIR are never scanned: a link into one is data.)"""
     return (_inside(real_root, real)
-            or (_inside(real, real_root) and not _inside(real, real_base))
+            or (_scanned(real, real_root) and not _inside(real, real_base))
             or (real != real_base and _inside(real_base, real)))
 
 
-def _walk_class(root: Path, real_root: str, cls: str, res: ScanResult) -> None:
-    seen: set[str] = set()
+def _walk_class(root: Path, real_root: str, cls: str, res: ScanResult,
+                walked: dict[str, str]) -> None:
     base = str(root / cls)
     real_base = os.path.realpath(base)
 
@@ -172,16 +197,23 @@ def _walk_class(root: Path, real_root: str, cls: str, res: ScanResult) -> None:
             res.ignored.append({"path": prefix, "reason": LINK_BACK})
             dirnames[:] = []
             continue
-        if real in seen:
+        if real in walked:  # a loop, or a folder another class link already reached
+            if walked[real] != cls:
+                res.ignored.append({"path": prefix, "reason": f"the same folder as in class "
+                                    f"{walked[real]}: not stored twice"})
             dirnames[:] = []
             continue
-        seen.add(real)
+        walked[real] = cls
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             abs_path = os.path.join(dirpath, name)
             rel = prefix + name
+            if _kind(abs_path) == "missing":  # a dangling link: a file or folder, unread
+                where = rel if is_audio_name(name) else rel + "/"
+                res.unreadable.append({"path": where, "reason": MISSING_TARGET})
+                continue
             if not is_audio_name(name):
                 res.ignored.append({"path": rel, "reason": "not an audio file extension"})
                 continue
@@ -195,13 +227,6 @@ def _walk_class(root: Path, real_root: str, cls: str, res: ScanResult) -> None:
                 res.unreadable.append({"path": rel, "reason": "not a regular file"})
                 continue
             res.files.append(SourceFile(rel, abs_path, cls, st.st_size, st.st_mtime_ns))
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir(follow_symlinks=True)
-    except OSError:
-        return False
 
 
 def plan_changes(scan: ScanResult, known: dict[str, tuple[int, int, str]],

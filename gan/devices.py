@@ -80,7 +80,10 @@ def nproc_problem(nproc: int, device: str, force: bool) -> str:
     exhaust the memory of the whole machine before the first step."""
     if nproc <= 1 or force:
         return ""
-    have, what = rank_capacity(device)
+    try:
+        have, what = rank_capacity(device)
+    except ValueError as exc:  # a CUDA device this machine does not have
+        return str(exc)
     if nproc <= have:
         return ""
     return (f"--nproc {nproc} asks for more ranks than this machine has {what} ({have}); "

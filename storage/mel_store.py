@@ -192,7 +192,8 @@ class MelStore:
         """`verify`, once per committed state (fingerprint, generation, commit count),
         remembered by a marker in `<store>.verified/`; StoreError (one line, as
         `store-info --verify` ends) when a chunk is damaged. Training checks this first,
-        so it never runs on swapped or corrupted chunks."""
+        so it does not run on chunks damaged before it was verified (damage after that
+        is found by the next state's verify, or `store-info --verify`)."""
         m = self.manifest
         marker = (beside_store(self.location, "verified")
                   / f"{self.fingerprint[:24]}-g{m.generation}-c{m.commits}")
@@ -201,11 +202,14 @@ class MelStore:
         report = self.verify()
         if not report["ok"]:
             raise StoreError(verify_summary(self.location, report))
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        for old in marker.parent.iterdir():
-            if old.name != marker.name:
-                old.unlink(missing_ok=True)
-        marker.touch()
+        try:  # a read-only place (a shared data set): verified again next time, that is all
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            for old in marker.parent.iterdir():
+                if old.name != marker.name:
+                    old.unlink(missing_ok=True)
+            marker.touch()
+        except OSError:
+            pass
 
     # ---------------------------------------------------------------- metadata
     def __len__(self) -> int:

@@ -109,10 +109,11 @@ _ANSWERED: set[str] = set()  # servers that answered once: not asked again by th
 
 
 def _server_problem(url: str) -> str:
+    import ssl
     import urllib.error
     import urllib.request
 
-    if url in _ANSWERED:
+    if url in _ANSWERED or urlparse(url).username:  # credentials: MLflow's own check
         return ""
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=SERVER_CHECK_TIMEOUT_S):
@@ -123,6 +124,8 @@ def _server_problem(url: str) -> str:
         return ""  # it answers (an older server, or a proxy in front): MLflow says more
     except (OSError, ValueError) as exc:
         why = getattr(exc, "reason", None) or exc
+        if isinstance(why, ssl.SSLError) or isinstance(exc, ValueError):
+            return ""  # it answers, over TLS this check does not configure: MLflow's turn
         return (f"the MLflow tracking server at {url} does not answer ({why}); start it or "
                 "set MLFLOW_TRACKING_URI to one that does")
 

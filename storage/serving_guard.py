@@ -20,6 +20,7 @@ without a server and runs in front of any ASGI app.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -47,6 +48,13 @@ def _no_constant(name: str) -> Any:
     raise Refused(400, f"{name} is not a number JSON allows")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: JSON allows the digits, not the infinity
+        raise Refused(400, f"{text[:40]} is not a finite number")
+    return value
+
+
 def depth(x: Any, limit: int = MAX_DEPTH) -> int:
     """Nesting depth of parsed JSON, stopping once past `limit`."""
     level, todo = 0, [(x, 1)]
@@ -68,7 +76,7 @@ def check_body(body: bytes, content_type: str) -> None:
         raise Refused(415, 'send Content-Type: application/json, e.g. {"dataframe_records": '
                            '[{"class": "siren", "count": 2}]}')
     try:
-        doc = json.loads(body, parse_constant=_no_constant)
+        doc = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise Refused(400, f"the JSON is nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -92,18 +100,25 @@ def _is(value: Any, kind: type) -> bool:
 
 
 def _rows(doc: Any) -> list[dict[str, Any]]:
-    """The request's rows as dicts, for the formats MLflow reads them from."""
+    """The request's rows as dicts, for every format MLflow reads them from
+    (`dataframe_records`, `dataframe_split`, `instances`, `inputs`: records or columns)."""
     if not isinstance(doc, dict):
         return []
-    records = doc.get("dataframe_records")
-    if isinstance(records, list):
-        return [r for r in records if isinstance(r, dict)]
+    rows: list[dict[str, Any]] = []
+    for key in ("dataframe_records", "instances", "inputs"):
+        value = doc.get(key)
+        if isinstance(value, list):
+            rows += [r for r in value if isinstance(r, dict)]
+        elif isinstance(value, dict):  # columns: {"class": [...], "count": [...]}
+            columns = {k: v if isinstance(v, list) else [v] for k, v in value.items()}
+            n = max((len(v) for v in columns.values()), default=0)
+            rows += [{k: v[i] for k, v in columns.items() if i < len(v)} for i in range(n)]
     split = doc.get("dataframe_split")
     if isinstance(split, dict) and isinstance(split.get("columns"), list):
         cols = split["columns"]
         data = split.get("data") if isinstance(split.get("data"), list) else []
-        return [dict(zip(cols, r, strict=False)) for r in data if isinstance(r, list)]
-    return []
+        rows += [dict(zip(cols, r, strict=False)) for r in data if isinstance(r, list)]
+    return rows
 
 
 def without_stack_trace(body: bytes) -> bytes:
@@ -145,9 +160,11 @@ def guard(app: ASGIApp) -> ASGIApp:
                     return
                 if not msg.get("more_body"):
                     break
-            headers = dict(scope.get("headers") or [])
+            types = [v for k, v in scope.get("headers") or [] if k.lower() == b"content-type"]
             try:
-                check_body(body, headers.get(b"content-type", b"").decode("latin-1"))
+                if len(types) > 1:
+                    raise Refused(400, "the request has more than one Content-Type header")
+                check_body(body, (types[0] if types else b"").decode("latin-1"))
             except Refused as exc:
                 await _answer(send, exc.status, str(exc))
                 return

@@ -17,6 +17,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,13 +51,18 @@ class ReaderLease:
 
     def acquire(self) -> ReaderLease:
         try:  # read-only is enough for flock: a lease file another user made works too
-            fd = os.open(lease_path(self.store, self.generation),  # never through a link
-                         os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = os.open(lease_path(self.store, self.generation),  # never through a link,
+                         os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, 0o644)  # and no hang on a planted FIFO
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 return self  # read-only store: nobody can compact it either
             raise StoreError(f"cannot open the reader lease of {self.store}: "
                              f"{exc.strerror or exc}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"the reader lease of {self.store} is not a regular file; "
+                             "remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a generation is deleted
         except BaseException:

@@ -91,7 +91,7 @@ def open_no_link(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise StoreError(f"{path} is a link: a store's files are never written through "
+            raise StoreError(f"{path} is a link: lock files are never opened through "
                              "links; remove it") from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -94,8 +94,8 @@ def check_shrink(kept: int, dropping: int, allow_shrink: bool) -> None:
         return
     raise ShrinkRefused(
         f"this run would drop {dropping} of the store's {kept} files (gone from the data "
-        f"folder); nothing was written: check the data folder, or pass --allow-shrink "
-        f"(allow_shrink) to drop them")
+        "folder, or no longer decodable); nothing was dropped: check the data folder, or "
+        "pass --allow-shrink (allow_shrink) to drop them")
 
 
 def check_shrink_before_writing(store: str, scan: ScanResult, allow_shrink: bool) -> None:
@@ -243,10 +243,11 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult, *, batch_size: 
     workers = int(workers or default_workers())
     t0 = time.perf_counter()
     plan = plan_for(writer.manifest, scan)
-    check_shrink(len(writer.manifest.files), len(plan.removed), allow_shrink)
+    kept_at_start = len(writer.manifest.files)
+    check_shrink(kept_at_start, len(plan.removed), allow_shrink)
     res = ComputeResult(plan=plan, workers=workers, device=device, pool=pool)
     if not plan.todo:  # nothing to read: no device, no pool, and torch is never imported
-        _drop_at_end(writer, res)
+        _drop_at_end(writer, res, kept_at_start, allow_shrink)
         writer.commit()
         res.seconds = time.perf_counter() - t0
         return res
@@ -342,21 +343,24 @@ def compute_and_append(writer: MelStoreWriter, scan: ScanResult, *, batch_size: 
                     res.processed += len(batch)
                     batch, batch_bytes = [], 0
                     progress.update(res.processed, writer.live_rows(), final=last)
-    _drop_at_end(writer, res)
+    _drop_at_end(writer, res, kept_at_start, allow_shrink)
     writer.commit()
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _drop_at_end(writer: MelStoreWriter, res: ComputeResult) -> None:
-    """Stop serving the files gone from DATA_DIR and the kept ones now rejected, unless
-    that would leave the store without a row: then the run fails and drops nothing."""
+def _drop_at_end(writer: MelStoreWriter, res: ComputeResult, kept_at_start: int,
+                 allow_shrink: bool) -> None:
+    """Stop serving the files gone from DATA_DIR and the kept ones whose bytes are now
+    rejected, within `check_shrink` of the files kept when the run began, and unless that
+    would leave the store without a row: then the run fails and drops nothing."""
     files = writer.manifest.files
     drop = [p for p in dict.fromkeys([*res.plan.removed, *res.dropping]) if p in files]
     if drop and files and sum(files[p].n_rows for p in drop) >= writer.live_rows():
         raise NoUsableClipsError(
             f"no usable clip left: this run would drop all {len(drop)} files of the store "
             f"({drop[0]}, ...); nothing was dropped")
+    check_shrink(kept_at_start, len(drop), allow_shrink)
     for path in drop:
         if writer.remove([path]):
             res.removed.append(path)
@@ -409,7 +413,9 @@ def _apply(writer: MelStoreWriter, outcomes: list[Extracted], res: ComputeResult
         elif o.status == "rejected":
             res.rejected.append(remembered_rejection(o.path, o.reason, o.size, o.mtime_ns,
                                                      decoder_version(), o.by_content))
-            if o.path in kept:  # a kept file that went bad stops being served (at the end)
+            # a kept file whose own bytes went bad stops being served (at the end); one
+            # that failed for another reason (I/O, a limit setting) keeps its rows
+            if o.path in kept and o.by_content:
                 res.dropping.append(o.path)
         elif o.status == "vanished" and o.path in kept:
             res.dropping.append(o.path)

@@ -187,6 +187,10 @@ def test_more_ranks_than_the_machine_holds_are_refused_unless_forced(
 
     have, what = rank_capacity("cpu")
     assert nproc_problem(have, "cpu", False) == "" and nproc_problem(have + 1, "cpu", True) == ""
+    import torch
+
+    if not torch.cuda.is_available():  # a device the machine lacks: a reason, not a traceback
+        assert "CUDA is not available" in nproc_problem(2, "cuda", False)
     ck = tmp_path / "ck"
     line = refused(capsys, ["train", "--store", str(tmp_path / "none.zarr"), "--device", "cpu",
                             "--nproc", str(have + 1), "--checkpoint-dir", str(ck)], tmp_path)

@@ -129,7 +129,40 @@ def test_links_back_into_the_data_folder_are_not_followed(
     assert scan.class_dirs == ["a", "b"]
 
 
-@pytest.mark.parametrize("name", ["x" * 250, "new\nline", "tab\there", "bell\x07"])
+def test_dangling_links_and_unreachable_folders_drop_nothing(
+        tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Class `b` moved onto a drive that is now unplugged (its folder a dangling link), and
+    a sub-folder of `a` the same: reported unreadable, every kept row stays."""
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.move(data / "b", tmp_path / "usb-b")
+    (data / "b").symlink_to(tmp_path / "unplugged" / "b", target_is_directory=True)
+    (data / "a" / "sub").symlink_to(tmp_path / "unplugged" / "sub", target_is_directory=True)
+    scan = scan_data_dir(data)
+    assert {u["path"] for u in scan.unreadable} == {"b/", "a/sub/"}
+    assert precompute(data, store) == 0
+    assert live(store) == (8, {"a/t0.wav", "a/t2.wav", "b/t1.wav", "b/t3.wav"})
+
+
+def test_a_class_linked_into_a_hidden_folder_and_shared_targets(
+        tmp_path: Path, write_tone: Callable[..., Path]) -> None:
+    """A link into DATA_DIR's hidden part is data (never scanned otherwise); two class
+    links to one outside folder store it once, under the first class."""
+    data = tmp_path / "d"
+    write_tone(".src/e/x.wav", seconds=0.5, root=data)
+    write_tone("shared/y.wav", seconds=0.5, freq=600, root=tmp_path)
+    (data / "e").symlink_to(data / ".src" / "e", target_is_directory=True)
+    (data / "f").symlink_to(tmp_path / "shared", target_is_directory=True)
+    (data / "g").symlink_to(tmp_path / "shared", target_is_directory=True)
+    scan = scan_data_dir(data)
+    assert [f.path for f in scan.files] == ["e/x.wav", "f/y.wav"]
+    assert {"path": "g/", "reason": "the same folder as in class f: not stored twice"} in \
+        scan.ignored
+
+
+@pytest.mark.parametrize("name", ["x" * 250, "new\nline", "tab\there", "bell\x07",
+                                  "para\u2029graph"])
 def test_class_names_no_model_can_carry_are_refused_at_precompute(
         tmp_path: Path, write_tone: Callable[..., Path], name: str) -> None:
     data = tmp_path / "d"
@@ -140,6 +173,14 @@ def test_class_names_no_model_can_carry_are_refused_at_precompute(
     assert [f.path for f in scan.files] == ["ok/x.wav"]
     (entry,) = [r for r in scan.ignored if r["path"] == name + "/"]
     assert entry["reason"].startswith("class folder name ")
+
+
+@pytest.mark.parametrize("name", ["می\u200cخواهم", "👩\u200d💻", "no\u00a0break", "café"])
+def test_class_names_with_joiners_and_accents_are_classes(
+        tmp_path: Path, write_tone: Callable[..., Path], name: str) -> None:
+    data = tmp_path / "d"
+    write_tone(f"{name}/x.wav", seconds=0.5, root=data)
+    assert scan_data_dir(data).class_dirs == [name]
 
 
 def test_a_link_planted_as_the_lock_file_is_refused(
@@ -180,3 +221,28 @@ def test_finite_samples_that_overflow_the_mel_are_rejected_by_name(
         mean, std = st.stats()
         assert np.isfinite(mels.astype(np.float32)).all()
         assert np.isfinite(mean).all() and np.isfinite(std).all()
+
+
+def test_a_kept_file_that_fails_for_another_reason_than_its_bytes_keeps_its_rows(
+        tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept file touched (so read again) that then cannot be opened (PermissionError,
+    injected: CI runs as root) is reported, and its stored rows stay served."""
+    import builtins
+
+    import clips.features as af
+    from flows.precompute import precompute as flow
+
+    locked = tmp_path / "d" / "a" / "t0.wav"
+    os.utime(locked, ns=(1, 1))
+
+    def guarded_open(file: object, *args: object, **kwargs: object) -> object:
+        if os.fspath(file) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(af, "open", guarded_open, raising=False)
+    s = flow(str(tmp_path / "d"), str(store), mel={
+        "sample_rate": 8000, "n_fft": 256, "hop_length": 64, "n_mels": 32, "frames": 32})
+    assert [r["path"] for r in s["rejected"]] == ["a/t0.wav"]
+    assert s["removed_files"] == 0
+    assert live(store) == (8, {"a/t0.wav", "a/t2.wav", "b/t1.wav", "b/t3.wav"})

@@ -45,6 +45,12 @@ def _send(url: str, body: bytes, ctype: str = JSON) -> tuple[int, dict]:
     (b'{"dataframe_split": {"columns": ["class", "seed"], "data": [["beep", true]]}}', JSON,
      400, "row 0: seed must be an integer, not True"),
     (b"{not json", JSON, 400, "the body is not JSON"),
+    (b'{"dataframe_records": [{"class": "beep", "seed": 1e400}]}', JSON, 400,
+     "1e400 is not a finite number"),
+    (b'{"instances": [{"class": "beep", "return_mel": 1}]}', JSON, 400,
+     "row 0: return_mel must be true or false, not 1"),
+    (b'{"inputs": {"class": ["beep", "hum"], "count": [1, "2"]}}', JSON, 400,
+     "row 1: count must be an integer, not '2'"),
     (b" " * (MAX_BODY_BYTES + 1), JSON, 413, "the request body is over"),
 ])
 def test_the_guard_refuses(body: bytes, ctype: str, status: int, message: str) -> None:
@@ -89,3 +95,54 @@ def test_served_requests_are_bounded_strict_and_never_leak_a_stack_trace(guarded
         assert status == want, (payload[:60], status, body)
         assert "stack_trace" not in body and "Traceback" not in json.dumps(body), body
         assert body.get("message"), body
+
+
+def test_the_guard_reads_a_chunked_body_and_passes_lifespan_through() -> None:
+    """A body in several ASGI messages is read whole (and bounded) before the app sees it,
+    replayed to it in one; lifespan and other paths go straight through; an error body
+    from the app loses its stack_trace and gets the right length."""
+    import asyncio
+
+    from storage.serving_guard import guard
+
+    seen: list[tuple[str, bytes]] = []
+
+    async def app(scope, receive, send):  # noqa: ANN001, ANN202
+        if scope["type"] == "lifespan":
+            seen.append(("lifespan", b""))
+            return
+        msg = await receive()
+        seen.append((scope["path"], msg["body"]))
+        body = json.dumps({"message": "bad", "stack_trace": "/srv/x.py line 1"}).encode()
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def call(scope: dict, chunks: list[bytes]) -> list[dict]:
+        incoming = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                    for i, c in enumerate(chunks)]
+        out: list[dict] = []
+
+        async def receive() -> dict:
+            return incoming.pop(0)
+
+        async def send(msg: dict) -> None:
+            out.append(msg)
+
+        asyncio.run(guard(app)(scope, receive, send))
+        return out
+
+    http = {"type": "http", "method": "POST", "path": "/invocations",
+            "headers": [(b"content-type", b"application/json")]}
+    out = call(http, [b'{"dataframe_records": ', b'[{"class": "beep"}]}'])
+    assert seen[-1] == ("/invocations", b'{"dataframe_records": [{"class": "beep"}]}')
+    body = out[-1]["body"]
+    assert json.loads(body) == {"message": "bad"}
+    assert dict(out[0]["headers"])[b"content-length"] == str(len(body)).encode()
+    out = call(http, [b" " * (MAX_BODY_BYTES // 2)] * 3)  # over the bound: never passed on
+    assert out[0]["status"] == 413 and seen[-1][0] == "/invocations" and len(seen) == 1
+    call({"type": "lifespan"}, [])
+    assert seen[-1] == ("lifespan", b"")
+    two = {**http, "headers": [(b"content-type", b"application/json"),
+                               (b"content-type", b"text/csv")]}
+    assert call(two, [b"{}"])[0]["status"] == 400

@@ -112,6 +112,8 @@ def run(args: SimpleNamespace) -> int:
     print(f"trained {result['epochs_trained']} epoch(s) to epoch {result['epoch']}{why} on "
           f"{result['device']}; checkpoint {result['checkpoint']}")
     print(f"MLflow run {result['run_id']}; bundle {result['bundle']}")
+    if result.get("gallery"):
+        print(f"gallery {result['gallery']}")
     if result["model"]:
         m = result["model"]
         print(f"registered {m['model_name']} version {m['version']} as {m['decision']}: "

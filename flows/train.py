@@ -92,7 +92,8 @@ def _train_locked(p: TrainParams, cfg: TrainConfig, data: dict[str, Any]) -> dic
                 "start_mode": start.mode, "start_epoch": start.epoch, "mel": data["mel"]},
         tags={"store_fingerprint": data["fingerprint"], "preset": cfg.preset,
               "start_mode": start.mode, "resumed_from": start.checkpoint or "",
-              "device": start.device})
+              "device": start.device},
+        run_name=tracking.run_name("train", cfg.preset, data["store"]))
     monitor = tracking.start_system_metrics(run_id)
     try:
         plan = p.run_plan()

@@ -59,6 +59,18 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def run_name(kind: str, preset: str, store: str) -> str:
+    """A name a person can tell apart: what ran, on which store, when (UTC), plus four
+    random hex digits. MLflow's own generated names repeat when a run seeds Python's
+    `random` (every fresh training run with seed 0 got the same one)."""
+    import secrets
+    import time
+
+    store_name = str(store).rstrip("/").rsplit("/", 1)[-1] or "store"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{kind}-{preset}-{store_name}-{stamp}-{secrets.token_hex(2)}"
+
+
 def start_run(experiment: str, params: Mapping[str, Any], tags: Mapping[str, Any],
               run_name: str | None = None) -> str:
     """Create the run with params and tags (Prefect ids + git commit added); return its id."""

@@ -60,6 +60,7 @@ def test_cli_trains_registers_and_generates(tmp_path, data_and_store, mlflow_uri
     assert rc == 0, out
     assert "epoch 1/2 [" in out and "epoch 2/2 [" in out and "samples/s" in out
     assert "registered audio-wgan version 1 as champion" in out
+    assert f"gallery {ck.parent / 'samples' / 'index.html'}" in out  # where to look
     assert [p.name for p in list_checkpoints(ck)] == ["epoch_00001.pt", "epoch_00002.pt"]
     assert (ck / "wgan_audio.pth.tar").resolve().name == "epoch_00002.pt"
 
@@ -104,6 +105,9 @@ def test_cli_trains_registers_and_generates(tmp_path, data_and_store, mlflow_uri
     assert result["model_version"] == 2 and result["alias"] == "candidate"
     assert str(registry.version_by_alias("audio-wgan", "champion").version) == "1"
     assert str(registry.version_by_alias("audio-wgan", "candidate").version) == "2"
+    # each run has a name of its own (MLflow's generated ones repeated with seed 0)
+    names = [c.get_run(result["run_id"]).info.run_name, run.info.run_name]
+    assert names[0] != names[1] and all(n.startswith("train-tiny-") for n in names), names
 
 
 def test_resume_trains_exactly_the_missing_epochs(tmp_path, data_and_store, mlflow_uri):

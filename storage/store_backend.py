@@ -105,7 +105,7 @@ class LocalBackend:
         try:
             # O_NONBLOCK: a FIFO planted here must not hang the reader before fstat
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no store there (yet)
             return None
         except OSError as exc:
             raise StoreError(f"{path} cannot be read: {exc.strerror or exc} (a link or "

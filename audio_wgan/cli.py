@@ -40,6 +40,7 @@ COMMAND_MODULES = [
     "generate",
     "evaluate",
     "models",
+    "promote",
     "run",
     "server",
     "serve",

@@ -101,3 +101,28 @@ def test_models_with_an_unusable_tracking_uri_is_one_line(tmp_path, monkeypatch,
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     line = refused(capsys, ["models"], tmp_path)
     assert line.startswith(f"audio-wgan models: error: cannot read the registry at {uri}: ")
+
+
+def test_promote_by_hand_records_why_and_models_shows_it(tmp_path, mlflow_uri, capsys):
+    v1 = register_bundle(make_bundle(tmp_path / "b1"))
+    v2 = register_bundle(make_bundle(tmp_path / "b2", seed=1))
+    registry.promote("audio-wgan", v1)
+    assert main(["promote", "audio-wgan", str(v2), "--reason", "sounds better  to me"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"audio-wgan v{v2} -> @champion (set by hand: sounds better to me)")
+    mv = registry.version_by_alias("audio-wgan", "champion")
+    assert str(mv.version) == str(v2)
+    assert mv.tags["promotion_reason"] == "set by hand: sounds better to me"
+    assert mv.tags["promotion_decision"] == "champion (by hand)"
+    assert main(["models"]) == 0
+    assert "promotion_reason=set by hand: sounds better to me" in capsys.readouterr().out
+    for argv, why in ((["promote", "audio-wgan", "99", "--reason", "x"],
+                       "cannot promote audio-wgan version 99"),
+                      (["promote", "audio-wgan", str(v1), "--reason", " "],
+                       "--reason must say why"),
+                      (["promote", "audio-wgan", str(v1), "--reason", "x", "--alias", "a b"],
+                       "--alias 'a b'")):
+        assert main(argv) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith("audio-wgan promote: error:") and why in line, line
+    assert str(registry.version_by_alias("audio-wgan", "champion").version) == str(v2)

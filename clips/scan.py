@@ -210,18 +210,18 @@ def _walk_class(root: Path, real_root: str, cls: str, res: ScanResult,
                 continue
             abs_path = os.path.join(dirpath, name)
             rel = prefix + name
-            if _kind(abs_path) == "missing":  # a dangling link: a file or folder, unread
-                where = rel if is_audio_name(name) else rel + "/"
-                res.unreadable.append({"path": where, "reason": MISSING_TARGET})
-                continue
             if not is_audio_name(name):
-                res.ignored.append({"path": rel, "reason": "not an audio file extension"})
+                if _kind(abs_path) == "missing":  # a dangling link to a folder, unread
+                    res.unreadable.append({"path": rel + "/", "reason": MISSING_TARGET})
+                else:
+                    res.ignored.append({"path": rel, "reason": "not an audio file extension"})
                 continue
-            try:
+            try:  # one stat per clip: the scan of an unchanged folder is mostly these
                 st = os.stat(abs_path)
             except OSError as exc:
-                res.unreadable.append({"path": rel, "reason":
-                                       f"unreadable: {reason_text(exc.strerror or exc)}"})
+                why = (MISSING_TARGET if os.path.lexists(abs_path)  # a dangling link
+                       else f"unreadable: {reason_text(exc.strerror or exc)}")
+                res.unreadable.append({"path": rel, "reason": why})
                 continue
             if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
                 res.unreadable.append({"path": rel, "reason": "not a regular file"})

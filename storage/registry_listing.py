@@ -105,22 +105,17 @@ def _foreign_sqlite(path: Path | None) -> str:
     return ""
 
 
-_ANSWERED: set[str] = set()  # servers that answered once: not asked again by this process
-
-
 def _server_problem(url: str) -> str:
     import ssl
     import urllib.error
     import urllib.request
 
-    if url in _ANSWERED or urlparse(url).username:  # credentials: MLflow's own check
+    if urlparse(url).username:  # credentials: MLflow's own check
         return ""
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=SERVER_CHECK_TIMEOUT_S):
-            _ANSWERED.add(url)
             return ""
     except urllib.error.HTTPError:
-        _ANSWERED.add(url)
         return ""  # it answers (an older server, or a proxy in front): MLflow says more
     except (OSError, ValueError) as exc:
         why = getattr(exc, "reason", None) or exc
@@ -130,13 +125,20 @@ def _server_problem(url: str) -> str:
                 "set MLFLOW_TRACKING_URI to one that does")
 
 
+_ACCEPTED: set[str] = set()  # URIs that passed once: not looked at again by this process
+
+
 def check_tracking_store() -> None:
     """RegistryError (one line) when the tracking or registry URI is one MLflow must not
-    be pointed at (`tracking_store_problem`)."""
+    be pointed at (`tracking_store_problem`). Every `registry.client()` asks, so a URI
+    that passed is remembered rather than opened (or its server asked) again."""
     for uri in dict.fromkeys((tracking_uri(), registry_uri())):
+        if uri in _ACCEPTED:
+            continue
         problem = tracking_store_problem(uri)
         if problem:
             raise RegistryError(problem)
+        _ACCEPTED.add(uri)
 
 
 def wanted(metric: str) -> bool:

@@ -68,10 +68,15 @@ def depth(x: Any, limit: int = MAX_DEPTH) -> int:
     return level
 
 
+def check_size(n_bytes: int) -> None:
+    """Refused (413) past MAX_BODY_BYTES: checked as the body arrives, so it is bounded."""
+    if n_bytes > MAX_BODY_BYTES:
+        raise Refused(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+
+
 def check_body(body: bytes, content_type: str) -> None:
     """Refused (status, message) for a body the model must never see."""
-    if len(body) > MAX_BODY_BYTES:
-        raise Refused(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+    check_size(len(body))
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise Refused(415, 'send Content-Type: application/json, e.g. {"dataframe_records": '
                            '[{"class": "siren", "count": 2}]}')
@@ -151,17 +156,14 @@ def guard(app: ASGIApp) -> ASGIApp:
             return
         body = b""
         if scope.get("path") in GUARDED_PATHS and scope.get("method") == "POST":
-            while True:
-                msg = await receive()
-                body += msg.get("body", b"")
-                if len(body) > MAX_BODY_BYTES:
-                    await _answer(send, 413, f"the request body is over {MAX_BODY_BYTES} "
-                                             "bytes")
-                    return
-                if not msg.get("more_body"):
-                    break
             types = [v for k, v in scope.get("headers") or [] if k.lower() == b"content-type"]
             try:
+                while True:
+                    msg = await receive()
+                    body += msg.get("body", b"")
+                    check_size(len(body))
+                    if not msg.get("more_body"):
+                        break
                 if len(types) > 1:
                     raise Refused(400, "the request has more than one Content-Type header")
                 check_body(body, (types[0] if types else b"").decode("latin-1"))
